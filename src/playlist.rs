@@ -1,0 +1,1 @@
+//! Playlist reading and URI rewriting (pure; no I/O).

@@ -1,0 +1,1 @@
+//! A simulated Stream Video backend: API and live HLS origin.
