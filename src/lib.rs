@@ -6,3 +6,9 @@
 pub mod call;
 pub mod playlist;
 pub mod sim;
+pub mod cache;
+pub mod config;
+pub mod error;
+
+pub mod telemetry;
+pub mod urlmap;

@@ -1,0 +1,359 @@
+//! Configuration: one typed struct, layered defaults → TOML file → environment → flags, validated once at start-up.
+//!
+//! `config/hls-relay.toml` is the commented reference; every key there has the default written below.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub stream: StreamConfig,
+    pub cache: CacheConfig,
+    pub upstream: UpstreamConfig,
+    pub cors: CorsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Absolute base URL players reach the relay at (e.g. behind a CDN); empty: taken from each request's Host.
+    pub public_url: Option<String>,
+    /// Key that signs the object URLs the relay writes into playlists. Instances that share it accept each
+    /// other's URLs; empty: a random key per process (URLs then die with the process).
+    pub url_key: Option<String>,
+    /// Bound on a whole request (headers to last byte) except streamed media bodies.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub api_secret: Option<String>,
+    /// How long a call look-up (positive or negative) is trusted before the API is asked again.
+    #[serde(with = "humantime_serde")]
+    pub call_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub max_bytes: ByteSize,
+    /// How long an upstream 404 is remembered.
+    #[serde(with = "humantime_serde")]
+    pub not_found_ttl: Duration,
+    /// How long a multivariant (master) playlist is fresh.
+    #[serde(with = "humantime_serde")]
+    pub master_ttl: Duration,
+    /// How long a playlist with EXT-X-ENDLIST is fresh.
+    #[serde(with = "humantime_serde")]
+    pub ended_playlist_ttl: Duration,
+    /// How long segments, parts, init sections and keys are kept (their bytes never change).
+    #[serde(with = "humantime_serde")]
+    pub media_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Hosts the relay may fetch from besides the host of each call's `playlist_url`.
+    pub allowed_hosts: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Bound on waiting for the response head.
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// Bound on a whole upstream fetch, body included.
+    #[serde(with = "humantime_serde")]
+    pub total_timeout: Duration,
+    pub max_playlist_bytes: ByteSize,
+    pub max_object_bytes: ByteSize,
+    pub max_redirects: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// `["*"]` or exact origins such as `https://example.com`.
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `hls_relay=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            public_url: None,
+            url_key: None,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://video.stream-io-api.com".into(),
+            api_key: None,
+            api_secret: None,
+            call_ttl: Duration::from_secs(3),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: ByteSize::mib(512),
+            not_found_ttl: Duration::from_secs(2),
+            master_ttl: Duration::from_secs(2),
+            ended_playlist_ttl: Duration::from_secs(300),
+            media_ttl: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(5),
+            total_timeout: Duration::from_secs(30),
+            max_playlist_bytes: ByteSize::mib(4),
+            max_object_bytes: ByteSize::mib(64),
+            max_redirects: 5,
+        }
+    }
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: vec!["*".into()],
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            stream: StreamConfig::default(),
+            cache: CacheConfig::default(),
+            upstream: UpstreamConfig::default(),
+            cors: CorsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot run, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Layers defaults, the TOML file (if any), `HLS_RELAY_SECTION__KEY` variables and the usual
+    /// `STREAM_API_KEY` / `STREAM_API_SECRET`, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(invalid("--config", format!("{} does not exist", file.display())));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            .merge(Env::raw().only(&["STREAM_API_KEY"]).map(|_| "stream.api_key".into()))
+            .merge(Env::raw().only(&["STREAM_API_SECRET"]).map(|_| "stream.api_secret".into()))
+            .merge(Env::prefixed("HLS_RELAY_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.server.public_url {
+            let parsed = Url::parse(url)
+                .map_err(|e| invalid("server.public_url", format!("`{url}` is not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
+                return Err(invalid(
+                    "server.public_url",
+                    "must be an http(s) URL without a query, e.g. https://live.example.com",
+                ));
+            }
+        }
+        if let Some(key) = &self.server.url_key
+            && key.len() < 16
+        {
+            return Err(invalid(
+                "server.url_key",
+                "must be at least 16 characters (it signs every relay URL)",
+            ));
+        }
+        let base = Url::parse(&self.stream.base_url).map_err(|e| {
+            invalid(
+                "stream.base_url",
+                format!("`{}` is not a URL: {e}", self.stream.base_url),
+            )
+        })?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid("stream.base_url", "must be an http(s) URL"));
+        }
+        for host in &self.upstream.allowed_hosts {
+            if host.is_empty() || host.contains('/') || host.contains(':') && !host.starts_with('[') {
+                return Err(invalid(
+                    "upstream.allowed_hosts",
+                    format!("`{host}` is not a bare host name (no scheme, port or path)"),
+                ));
+            }
+        }
+        for origin in &self.cors.allowed_origins {
+            if origin != "*" && Url::parse(origin).is_err() {
+                return Err(invalid(
+                    "cors.allowed_origins",
+                    format!("`{origin}` is neither `*` nor an origin like https://example.com"),
+                ));
+            }
+        }
+        if self.cache.max_bytes.as_u64() < 1024 * 1024 {
+            return Err(invalid("cache.max_bytes", "must be at least 1MiB"));
+        }
+        if self.upstream.max_object_bytes.as_u64() > u64::from(u32::MAX) {
+            return Err(invalid("upstream.max_object_bytes", "must be under 4GiB"));
+        }
+        for (key, value) in [
+            ("stream.call_ttl", self.stream.call_ttl),
+            ("stream.timeout", self.stream.timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.first_byte_timeout", self.upstream.first_byte_timeout),
+            ("upstream.total_timeout", self.upstream.total_timeout),
+            ("server.request_timeout", self.server.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Stream credentials, or the reason `serve` cannot start without them.
+    pub fn credentials(&self) -> Result<(String, String), ConfigError> {
+        match (&self.stream.api_key, &self.stream.api_secret) {
+            (Some(key), Some(secret)) if !key.is_empty() && !secret.is_empty() => {
+                Ok((key.clone(), secret.clone()))
+            }
+            _ => Err(invalid(
+                "stream.api_key",
+                "Stream credentials are missing: set STREAM_API_KEY and STREAM_API_SECRET (from your app's \
+                 page in the Stream dashboard, https://dashboard.getstream.io) or stream.api_key / \
+                 stream.api_secret in the config file. To try the relay without an account, run \
+                 `hls-relay demo`.",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn reference_config_file_holds_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hls-relay.toml");
+        let from_file: Config = Figment::from(Toml::file(&path)).extract().unwrap();
+        assert_eq!(from_file, Config::default());
+    }
+
+    #[test]
+    fn a_wrong_value_names_its_key() {
+        let mut config = Config::default();
+        config.server.public_url = Some("not a url".into());
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("server.public_url"), "{message}");
+
+        let mut config = Config::default();
+        config.upstream.allowed_hosts = vec!["https://cdn.example.com/".into()];
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("upstream.allowed_hosts"), "{message}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_name_the_key() {
+        let err = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[cache]\nmax_bytes = \"lots\""))
+            .extract::<Config>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_bytes"), "{err}");
+        let err = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[server]\nlisten_on = \"x\""))
+            .extract::<Config>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn missing_credentials_point_to_the_demo() {
+        let message = Config::default().credentials().unwrap_err().to_string();
+        assert!(message.contains("STREAM_API_KEY") && message.contains("hls-relay demo"));
+    }
+}

@@ -1,0 +1,99 @@
+//! The relay's errors as viewers see them: the one place where failures become HTTP statuses and JSON bodies.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Everything a viewer request can fail with. Cloneable because one failed upstream fill answers every viewer
+/// that was waiting on it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RelayError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("call {0} does not exist")]
+    CallNotFound(String),
+    #[error("call {cid} is not broadcasting")]
+    NotBroadcasting { cid: String, retry_after: Duration },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    UpstreamError(String),
+    #[error("upstream sent an invalid playlist: {0}")]
+    BadUpstreamPlaylist(String),
+    #[error("{0}")]
+    UpstreamTimeout(String),
+}
+
+impl RelayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::CallNotFound(_) | Self::NotBroadcasting { .. } | Self::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::UpstreamError(_) | Self::BadUpstreamPlaylist(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::CallNotFound(_) => "call_not_found",
+            Self::NotBroadcasting { .. } => "not_broadcasting",
+            Self::NotFound(_) => "not_found",
+            Self::Forbidden(_) => "forbidden",
+            Self::UpstreamError(_) => "upstream_error",
+            Self::BadUpstreamPlaylist(_) => "bad_upstream_playlist",
+            Self::UpstreamTimeout(_) => "upstream_timeout",
+        }
+    }
+
+    /// Whether the failure is the viewer's (logged quietly) rather than upstream's or ours.
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_client_error()
+    }
+}
+
+impl IntoResponse for RelayError {
+    fn into_response(self) -> Response {
+        if self.is_client_error() {
+            tracing::debug!(code = self.code(), error = %self, "request refused");
+        } else {
+            tracing::warn!(code = self.code(), error = %self, "request failed");
+        }
+        let body = serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        // Errors must not stick in a CDN longer than the condition lasts.
+        let cache_control = match &self {
+            Self::NotFound(_) | Self::CallNotFound(_) => "public, max-age=1",
+            _ => "no-store",
+        };
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+        if let Self::NotBroadcasting { retry_after, .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_broadcasting_says_when_to_retry() {
+        let response = RelayError::NotBroadcasting {
+            cid: "livestream:x".into(),
+            retry_after: Duration::from_secs(3),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+}
