@@ -153,7 +153,9 @@ impl Fill {
             let item = cursor
                 .fill
                 .wait_for(|state| match &state.outcome {
-                    Some(Ok(object)) => Some(Err(Ok(object.body.slice(sent.min(object.body.len())..)))),
+                    Some(Ok(object)) => {
+                        Some(Err(Ok(object.body.slice(sent.min(object.body.len())..))))
+                    }
                     Some(Err(error)) => Some(Err(Err(error.clone()))),
                     None => state.chunks.get(next_chunk).cloned().map(Ok),
                 })
@@ -207,7 +209,10 @@ impl FillWriter {
         let object = Arc::new(object);
         if !object.keep_for.is_zero() {
             // Stored before the fill leaves the in-flight table, so no look-up in between misses both.
-            self.cache.inner.store.insert(self.key.clone(), object.clone());
+            self.cache
+                .inner
+                .store
+                .insert(self.key.clone(), object.clone());
         }
         self.settle(Ok(object.clone()));
         object
@@ -304,7 +309,10 @@ impl Cache {
     }
 
     fn inflight(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Fill>>> {
-        self.inner.inflight.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Finds `key` fresh, or joins its fill, or starts one (then the caller gets the writer and must drive it).
@@ -345,7 +353,10 @@ impl Cache {
 
     fn remove_inflight(&self, key: &str, fill: &Arc<Fill>) {
         let mut inflight = self.inflight();
-        if inflight.get(key).is_some_and(|current| Arc::ptr_eq(current, fill)) {
+        if inflight
+            .get(key)
+            .is_some_and(|current| Arc::ptr_eq(current, fill))
+        {
             inflight.remove(key);
         }
     }
@@ -461,7 +472,13 @@ mod tests {
         assert!(body.next().await.unwrap().is_err());
         assert!(body.next().await.is_none());
         assert!(fill.complete().await.is_err());
-        assert!(matches!(cache.lookup("/b"), Lookup::Filling { writer: Some(_), .. }));
+        assert!(matches!(
+            cache.lookup("/b"),
+            Lookup::Filling {
+                writer: Some(_),
+                ..
+            }
+        ));
     }
 
     #[tokio::test]

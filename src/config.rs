@@ -12,7 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -174,19 +174,6 @@ impl Default for LogConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            stream: StreamConfig::default(),
-            cache: CacheConfig::default(),
-            upstream: UpstreamConfig::default(),
-            cors: CorsConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 /// A configuration that cannot run, with the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -210,13 +197,24 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(invalid("--config", format!("{} does not exist", file.display())));
+                return Err(invalid(
+                    "--config",
+                    format!("{} does not exist", file.display()),
+                ));
             }
             figment = figment.merge(Toml::file(file));
         }
         let config: Config = figment
-            .merge(Env::raw().only(&["STREAM_API_KEY"]).map(|_| "stream.api_key".into()))
-            .merge(Env::raw().only(&["STREAM_API_SECRET"]).map(|_| "stream.api_secret".into()))
+            .merge(
+                Env::raw()
+                    .only(&["STREAM_API_KEY"])
+                    .map(|_| "stream.api_key".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["STREAM_API_SECRET"])
+                    .map(|_| "stream.api_secret".into()),
+            )
             .merge(Env::prefixed("HLS_RELAY_").split("__"))
             .extract()
             .map_err(Box::new)?;
@@ -253,7 +251,8 @@ impl Config {
             return Err(invalid("stream.base_url", "must be an http(s) URL"));
         }
         for host in &self.upstream.allowed_hosts {
-            if host.is_empty() || host.contains('/') || host.contains(':') && !host.starts_with('[') {
+            if host.is_empty() || host.contains('/') || host.contains(':') && !host.starts_with('[')
+            {
                 return Err(invalid(
                     "upstream.allowed_hosts",
                     format!("`{host}` is not a bare host name (no scheme, port or path)"),
@@ -278,7 +277,10 @@ impl Config {
             ("stream.call_ttl", self.stream.call_ttl),
             ("stream.timeout", self.stream.timeout),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
-            ("upstream.first_byte_timeout", self.upstream.first_byte_timeout),
+            (
+                "upstream.first_byte_timeout",
+                self.upstream.first_byte_timeout,
+            ),
             ("upstream.total_timeout", self.upstream.total_timeout),
             ("server.request_timeout", self.server.request_timeout),
         ] {

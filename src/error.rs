@@ -74,9 +74,15 @@ impl IntoResponse for RelayError {
             Self::NotFound(_) | Self::CallNotFound(_) => "public, max-age=1",
             _ => "no-store",
         };
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control),
+        );
         if let Self::NotBroadcasting { retry_after, .. } = &self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
         }
         response
     }

@@ -3,12 +3,17 @@
 //! (architecture overview: see README.md; written when the data path settles)
 #![forbid(unsafe_code)]
 
-pub mod call;
-pub mod playlist;
-pub mod sim;
 pub mod cache;
+pub mod call;
 pub mod config;
 pub mod error;
-
+pub mod playlist;
+pub mod policy;
+pub mod relay;
+pub mod resolver;
+pub mod server;
+pub mod sim;
+pub mod stream_api;
 pub mod telemetry;
+pub mod upstream;
 pub mod urlmap;

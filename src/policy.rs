@@ -132,7 +132,10 @@ mod tests {
     fn low_latency_playlists_follow_the_part_target() {
         let config = CacheConfig::default();
         let info = media_playlist(4, false, Some(Duration::from_millis(1000)));
-        assert_eq!(playlist_freshness(&info, &config).fresh_for, Duration::from_secs(1));
+        assert_eq!(
+            playlist_freshness(&info, &config).fresh_for,
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
@@ -142,7 +145,10 @@ mod tests {
         assert_eq!(ended.fresh_for, config.ended_playlist_ttl);
         let mut master = media_playlist(2, false, None);
         master.kind = PlaylistKind::Master;
-        assert_eq!(playlist_freshness(&master, &config).fresh_for, config.master_ttl);
+        assert_eq!(
+            playlist_freshness(&master, &config).fresh_for,
+            config.master_ttl
+        );
     }
 
     #[test]
@@ -154,14 +160,22 @@ mod tests {
 
     #[test]
     fn content_types_by_extension_then_upstream() {
-        assert_eq!(media_content_type("seg_1.ts", Some("text/plain")), "video/mp2t");
+        assert_eq!(
+            media_content_type("seg_1.ts", Some("text/plain")),
+            "video/mp2t"
+        );
         assert_eq!(media_content_type("init.mp4", None), "video/mp4");
         assert_eq!(media_content_type("a.m4s", Some("audio/mp4")), "audio/mp4");
         assert_eq!(media_content_type("a.AAC", None), "audio/aac");
         assert_eq!(media_content_type("sub.vtt", None), "text/vtt");
-        assert_eq!(media_content_type("key", Some("application/x-key")), "application/x-key");
+        assert_eq!(
+            media_content_type("key", Some("application/x-key")),
+            "application/x-key"
+        );
         assert_eq!(media_content_type("blob", None), "application/octet-stream");
-        assert!(is_playlist_content_type("application/vnd.apple.mpegurl; charset=utf-8"));
+        assert!(is_playlist_content_type(
+            "application/vnd.apple.mpegurl; charset=utf-8"
+        ));
         assert!(is_playlist_content_type("audio/x-mpegURL"));
         assert!(!is_playlist_content_type("text/html"));
     }

@@ -92,10 +92,7 @@ impl Metrics {
         )
         .expect("valid metric");
         let api_lookups = IntCounterVec::new(
-            Opts::new(
-                "api_lookups_total",
-                "Stream API call look-ups by outcome",
-            ),
+            Opts::new("api_lookups_total", "Stream API call look-ups by outcome"),
             &["outcome"],
         )
         .expect("valid metric");

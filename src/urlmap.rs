@@ -102,7 +102,13 @@ impl UrlSigner {
         Self::new(&key)
     }
 
-    fn signature(&self, call: &CallId, kind: ObjectKind, location: &str, file: &str) -> Hmac<Sha256> {
+    fn signature(
+        &self,
+        call: &CallId,
+        kind: ObjectKind,
+        location: &str,
+        file: &str,
+    ) -> Hmac<Sha256> {
         let mut mac = self.mac.clone();
         for part in [call.kind(), call.id(), location, file] {
             mac.update(&(part.len() as u32).to_be_bytes());
@@ -134,7 +140,8 @@ impl UrlSigner {
             PlaylistLocation::Entry => "",
             PlaylistLocation::Object => "../",
         };
-        let mut out = String::with_capacity(prefix.len() + 24 + location.len() * 4 / 3 + file.len());
+        let mut out =
+            String::with_capacity(prefix.len() + 24 + location.len() * 4 / 3 + file.len());
         out.push_str(prefix);
         URL_SAFE_NO_PAD.encode_string(&signature[..SIGNATURE_BYTES], &mut out);
         out.push(kind.tag());
@@ -145,7 +152,12 @@ impl UrlSigner {
     }
 
     /// Checks a `{token}/{file}` pair from a request path and returns the upstream object it stands for.
-    pub fn verify(&self, call: &CallId, token: &str, file: &str) -> Result<UpstreamObject, MapError> {
+    pub fn verify(
+        &self,
+        call: &CallId,
+        token: &str,
+        file: &str,
+    ) -> Result<UpstreamObject, MapError> {
         if token.len() > MAX_TOKEN_LEN || token.len() <= SIGNATURE_CHARS + 1 || file.is_empty() {
             return Err(MapError::Malformed);
         }
@@ -216,15 +228,24 @@ mod tests {
     #[test]
     fn round_trips_with_query_and_keeps_the_file_name() {
         let signer = UrlSigner::new(b"0123456789abcdef");
-        let upstream = Url::parse("https://cdn.example.com/a/b/seg_0042.ts?sig=x%2Fy&e=1#frag").unwrap();
+        let upstream =
+            Url::parse("https://cdn.example.com/a/b/seg_0042.ts?sig=x%2Fy&e=1#frag").unwrap();
         let reference = signer
-            .relay_ref(&call(), &upstream, ObjectKind::Media, PlaylistLocation::Entry)
+            .relay_ref(
+                &call(),
+                &upstream,
+                ObjectKind::Media,
+                PlaylistLocation::Entry,
+            )
             .unwrap();
         assert!(reference.ends_with("/seg_0042.ts"));
         assert!(!reference.contains("cdn.example.com"));
         let (token, file) = token_and_file(&reference);
         let object = signer.verify(&call(), token, file).unwrap();
-        assert_eq!(object.url.as_str(), "https://cdn.example.com/a/b/seg_0042.ts?sig=x%2Fy&e=1");
+        assert_eq!(
+            object.url.as_str(),
+            "https://cdn.example.com/a/b/seg_0042.ts?sig=x%2Fy&e=1"
+        );
         assert_eq!(object.kind, ObjectKind::Media);
     }
 
@@ -232,8 +253,18 @@ mod tests {
     fn is_deterministic_and_relative_to_the_playlist() {
         let signer = UrlSigner::new(b"0123456789abcdef");
         let upstream = Url::parse("http://h/x/index.m3u8").unwrap();
-        let a = signer.relay_ref(&call(), &upstream, ObjectKind::Playlist, PlaylistLocation::Object);
-        let b = signer.relay_ref(&call(), &upstream, ObjectKind::Playlist, PlaylistLocation::Object);
+        let a = signer.relay_ref(
+            &call(),
+            &upstream,
+            ObjectKind::Playlist,
+            PlaylistLocation::Object,
+        );
+        let b = signer.relay_ref(
+            &call(),
+            &upstream,
+            ObjectKind::Playlist,
+            PlaylistLocation::Object,
+        );
         assert_eq!(a, b);
         assert!(a.unwrap().starts_with("../"));
     }
@@ -243,34 +274,64 @@ mod tests {
         let signer = UrlSigner::new(b"0123456789abcdef");
         let upstream = Url::parse("https://cdn.example.com/a/seg.ts").unwrap();
         let reference = signer
-            .relay_ref(&call(), &upstream, ObjectKind::Media, PlaylistLocation::Entry)
+            .relay_ref(
+                &call(),
+                &upstream,
+                ObjectKind::Media,
+                PlaylistLocation::Entry,
+            )
             .unwrap();
         let (token, file) = token_and_file(&reference);
 
         let other_call = CallId::new("livestream", "other").unwrap();
-        assert_eq!(signer.verify(&other_call, token, file), Err(MapError::BadSignature));
-        assert_eq!(signer.verify(&call(), token, "other.ts"), Err(MapError::BadSignature));
+        assert_eq!(
+            signer.verify(&other_call, token, file),
+            Err(MapError::BadSignature)
+        );
+        assert_eq!(
+            signer.verify(&call(), token, "other.ts"),
+            Err(MapError::BadSignature)
+        );
         let as_playlist = token.replacen('m', "p", 1);
         assert!(signer.verify(&call(), &as_playlist, file).is_err());
         let evil = URL_SAFE_NO_PAD.encode("https://evil.example.com/");
         let forged = format!("{}m{evil}", &token[..SIGNATURE_CHARS]);
-        assert_eq!(signer.verify(&call(), &forged, file), Err(MapError::BadSignature));
+        assert_eq!(
+            signer.verify(&call(), &forged, file),
+            Err(MapError::BadSignature)
+        );
         let other_key = UrlSigner::new(b"another key entirely");
-        assert_eq!(other_key.verify(&call(), token, file), Err(MapError::BadSignature));
-        assert_eq!(signer.verify(&call(), "short", file), Err(MapError::Malformed));
-        assert_eq!(signer.verify(&call(), &"A".repeat(5000), file), Err(MapError::Malformed));
+        assert_eq!(
+            other_key.verify(&call(), token, file),
+            Err(MapError::BadSignature)
+        );
+        assert_eq!(
+            signer.verify(&call(), "short", file),
+            Err(MapError::Malformed)
+        );
+        assert_eq!(
+            signer.verify(&call(), &"A".repeat(5000), file),
+            Err(MapError::Malformed)
+        );
     }
 
     #[test]
     fn leaves_unfetchable_schemes_alone_and_handles_directory_urls() {
         let signer = UrlSigner::random();
         let data = Url::parse("data:text/plain,hello").unwrap();
-        assert!(signer.relay_ref(&call(), &data, ObjectKind::Media, PlaylistLocation::Entry).is_none());
+        assert!(
+            signer
+                .relay_ref(&call(), &data, ObjectKind::Media, PlaylistLocation::Entry)
+                .is_none()
+        );
         let dir = Url::parse("https://h/live/").unwrap();
         let reference = signer
             .relay_ref(&call(), &dir, ObjectKind::Playlist, PlaylistLocation::Entry)
             .unwrap();
         let (token, file) = token_and_file(&reference);
-        assert_eq!(signer.verify(&call(), token, file).unwrap().url.as_str(), "https://h/live/");
+        assert_eq!(
+            signer.verify(&call(), token, file).unwrap().url.as_str(),
+            "https://h/live/"
+        );
     }
 }

@@ -1,0 +1,49 @@
+//! `hls-relay demo`: a simulated Stream call and a relay in front of it, on loopback, for a first look.
+
+use std::net::SocketAddr;
+
+use crate::config::Config;
+use crate::server::{self, RunningRelay};
+use crate::sim::{self, CallSetup, Flavour, SimConfig};
+use crate::telemetry;
+
+/// Fixed so that relay URLs stay valid across demo restarts (a player left open keeps working).
+const DEMO_URL_KEY: &str = "hls-relay-demo-url-key";
+
+pub async fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut config = Config::default();
+    telemetry::init_logging(&config.log);
+    let simulator = sim::start(SimConfig::default()).await?;
+    simulator.add_call("livestream", "demo", CallSetup::default());
+    simulator.add_call(
+        "livestream",
+        "demo-fmp4",
+        CallSetup {
+            flavour: Flavour::Fmp4,
+            ..CallSetup::default()
+        },
+    );
+    config.server.listen = listen;
+    config.server.url_key = Some(DEMO_URL_KEY.into());
+    config.stream.base_url = simulator.base_url();
+    config.stream.api_key = Some(simulator.api_key().to_owned());
+    config.stream.api_secret = Some(simulator.api_secret().to_owned());
+    let relay = RunningRelay::start(config).await?;
+    let base = relay.base_url();
+    println!(
+        "\nhls-relay demo: a simulated Stream backend on {sim} and the relay on {base}\n\n\
+         Call state (Stream's shape):  curl {base}/v1/calls/livestream/demo\n\
+         Playlist (MPEG-TS):           {base}/hls/livestream/demo/index.m3u8\n\
+         Playlist (fMP4):              {base}/hls/livestream/demo-fmp4/index.m3u8\n\
+         Metrics:                      {base}/metrics\n\n\
+         Play it:  ffplay {base}/hls/livestream/demo/index.m3u8\n\
+         \x20     or  vlc {base}/hls/livestream/demo/index.m3u8\n\
+         \x20     or  ffmpeg -i {base}/hls/livestream/demo/index.m3u8 -t 10 -f null -\n\n\
+         Ctrl-C stops.",
+        sim = simulator.base_url(),
+    );
+    server::shutdown_signal().await;
+    drop(relay);
+    simulator.shutdown();
+    Ok(())
+}

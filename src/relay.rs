@@ -1,0 +1,520 @@
+//! The relay's data path, between the HTTP handlers and the upstream client:
+//!
+//! ```text
+//! request ─► cache look-up ─┬─ fresh ───────────────────────────────────────────────► response
+//!                           ├─ fill in flight ─► join it (stream its bytes) ─────────► response
+//!                           └─ miss ─► verify URL ─► spawn fill: resolve call ─► fetch upstream
+//!                                                      ├─ playlist: check, rewrite URIs, store
+//!                                                      └─ media: stream chunks to waiters, verify, store
+//! ```
+//!
+//! Fills run in their own task, so a viewer that goes away does not cancel the fetch others wait on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, StatusCode, header};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use url::Url;
+
+use crate::cache::{
+    Cache, CachedObject, Fill, FillStart, FillWriter, Lookup, StreamHead, etag_for,
+};
+use crate::call::CallId;
+use crate::config::Config;
+use crate::error::RelayError;
+use crate::playlist::{self, UriSite};
+use crate::policy::{self, Freshness, PLAYLIST_CONTENT_TYPE};
+use crate::resolver::{Resolution, Resolver};
+use crate::telemetry::{CacheOutcome, Metrics};
+use crate::upstream::{HostPolicy, Upstream, UpstreamError, UpstreamResponse};
+use crate::urlmap::{MapError, ObjectKind, PlaylistLocation, UrlSigner};
+
+/// How long an expired playlist is kept to answer with when its refresh fails (marked stale).
+const STALE_IF_ERROR: Duration = Duration::from_secs(30);
+
+/// What a viewer gets.
+pub enum Served {
+    Whole {
+        object: Arc<CachedObject>,
+        outcome: CacheOutcome,
+        stale: bool,
+    },
+    /// A media body still arriving from upstream.
+    Streaming {
+        head: StreamHead,
+        fill: Arc<Fill>,
+        outcome: CacheOutcome,
+    },
+}
+
+/// Everything the data path shares: one per process, cloned cheaply into handlers and fill tasks.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    cache: Cache,
+    resolver: Resolver,
+    upstream: Upstream,
+    signer: UrlSigner,
+    metrics: Arc<Metrics>,
+}
+
+impl Relay {
+    pub fn new(
+        config: Config,
+        resolver: Resolver,
+        upstream: Upstream,
+        signer: UrlSigner,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let cache = Cache::new(config.cache.max_bytes.as_u64());
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                cache,
+                resolver,
+                upstream,
+                signer,
+                metrics,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.inner.cache
+    }
+
+    pub async fn resolve(&self, call: &CallId) -> Result<Resolution, RelayError> {
+        self.inner.resolver.resolve(call).await
+    }
+
+    fn not_broadcasting(&self, call: &CallId) -> RelayError {
+        RelayError::NotBroadcasting {
+            cid: call.to_string(),
+            retry_after: self.inner.resolver.ttl(),
+        }
+    }
+
+    /// The call's entry playlist, served at the stable `/hls/{type}/{id}/index.m3u8` (`path`).
+    pub async fn entry_playlist(&self, call: &CallId, path: &str) -> Result<Served, RelayError> {
+        let (fill, writer, stale) = match self.inner.cache.lookup(path) {
+            Lookup::Fresh(object) => return Ok(self.hit(object)),
+            Lookup::Filling {
+                fill,
+                writer,
+                stale,
+            } => (fill, writer, stale),
+        };
+        let outcome = self.count_fill(writer.is_some());
+        if let Some(writer) = writer {
+            let relay = self.clone();
+            let call = call.clone();
+            tokio::spawn(async move {
+                match relay.resolve_live(&call).await {
+                    Ok(playlist_url) => {
+                        let target = Target {
+                            call: &call,
+                            url: playlist_url.clone(),
+                            location: PlaylistLocation::Entry,
+                        };
+                        relay.fill_playlist(writer, target, &playlist_url).await
+                    }
+                    Err(error) => writer.fail(error),
+                }
+            });
+        }
+        self.whole_or_stale(fill.complete().await, outcome, stale)
+    }
+
+    /// An object the relay wrote into a playlist: `path` is `/hls/{type}/{id}/{token}/{file}`.
+    pub async fn object(
+        &self,
+        call: &CallId,
+        path: &str,
+        token: &str,
+        file: &str,
+    ) -> Result<Served, RelayError> {
+        let (fill, writer, stale) = match self.inner.cache.lookup(path) {
+            Lookup::Fresh(object) => return Ok(self.hit(object)),
+            Lookup::Filling {
+                fill,
+                writer,
+                stale,
+            } => (fill, writer, stale),
+        };
+        // Only paths the relay signed reach upstream; a forged one fails the fill it opened, before any fetch.
+        let object = match self.inner.signer.verify(call, token, file) {
+            Ok(object) => object,
+            Err(error) => {
+                let error = match error {
+                    MapError::Malformed => RelayError::BadRequest(format!("{error}")),
+                    MapError::BadSignature => RelayError::NotFound(format!("{error}")),
+                };
+                if let Some(writer) = writer {
+                    writer.fail(error.clone());
+                }
+                return Err(error);
+            }
+        };
+        let outcome = self.count_fill(writer.is_some());
+        if let Some(writer) = writer {
+            let relay = self.clone();
+            let call = call.clone();
+            let file = file.to_owned();
+            tokio::spawn(async move {
+                let target = Target {
+                    call: &call,
+                    url: object.url,
+                    location: PlaylistLocation::Object,
+                };
+                relay.fill_object(writer, target, object.kind, &file).await
+            });
+        }
+        if object.kind == ObjectKind::Playlist {
+            return self.whole_or_stale(fill.complete().await, outcome, stale);
+        }
+        match fill.start().await? {
+            FillStart::Complete(object) => Ok(Served::Whole {
+                object,
+                outcome,
+                stale: false,
+            }),
+            FillStart::Streaming(head) => Ok(Served::Streaming {
+                head,
+                fill,
+                outcome,
+            }),
+        }
+    }
+
+    fn hit(&self, object: Arc<CachedObject>) -> Served {
+        self.count(CacheOutcome::Hit);
+        Served::Whole {
+            object,
+            outcome: CacheOutcome::Hit,
+            stale: false,
+        }
+    }
+
+    fn count(&self, outcome: CacheOutcome) {
+        self.inner
+            .metrics
+            .cache_lookups
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+    }
+
+    fn count_fill(&self, started: bool) -> CacheOutcome {
+        let outcome = if started {
+            CacheOutcome::Miss
+        } else {
+            CacheOutcome::Coalesced
+        };
+        self.count(outcome);
+        outcome
+    }
+
+    /// A failed playlist refresh answers with the last good copy for a while, rather than failing players.
+    fn whole_or_stale(
+        &self,
+        result: Result<Arc<CachedObject>, RelayError>,
+        outcome: CacheOutcome,
+        stale: Option<Arc<CachedObject>>,
+    ) -> Result<Served, RelayError> {
+        match (result, stale) {
+            (Ok(object), _) => Ok(Served::Whole {
+                object,
+                outcome,
+                stale: false,
+            }),
+            (Err(error), Some(object))
+                if error.status().is_server_error() && object.status == StatusCode::OK =>
+            {
+                tracing::warn!(%error, "serving a stale playlist");
+                Ok(Served::Whole {
+                    object,
+                    outcome,
+                    stale: true,
+                })
+            }
+            (Err(error), _) => Err(error),
+        }
+    }
+
+    async fn resolve_live(&self, call: &CallId) -> Result<Url, RelayError> {
+        match self.resolve(call).await? {
+            Resolution::Live { playlist_url } => Ok(playlist_url),
+            Resolution::NotBroadcasting => Err(self.not_broadcasting(call)),
+            Resolution::NotFound => Err(RelayError::CallNotFound(call.to_string())),
+        }
+    }
+
+    /// Fetches an object the relay wrote into one of the call's playlists, within the call's host policy.
+    async fn fill_object(
+        &self,
+        writer: FillWriter,
+        target: Target<'_>,
+        kind: ObjectKind,
+        file: &str,
+    ) {
+        let playlist_url = match self.resolve(target.call).await {
+            Ok(Resolution::Live { playlist_url }) => Some(playlist_url),
+            Ok(_) => None,
+            Err(error) => return writer.fail(error),
+        };
+        let policy = HostPolicy {
+            playlist_host: playlist_url.as_ref().and_then(Url::host_str),
+            allowed_hosts: &self.inner.config.upstream.allowed_hosts,
+        };
+        if !policy.allows(&target.url) && playlist_url.is_none() {
+            // Without a live playlist there is no host to check against: the call is simply off air.
+            return writer.fail(self.not_broadcasting(target.call));
+        }
+        match kind {
+            ObjectKind::Playlist => self.fill_playlist_within(writer, target, policy).await,
+            ObjectKind::Media => self.fill_media(writer, target, policy, file).await,
+        }
+    }
+
+    async fn fill_playlist(&self, writer: FillWriter, target: Target<'_>, playlist_url: &Url) {
+        let policy = HostPolicy {
+            playlist_host: playlist_url.host_str(),
+            allowed_hosts: &self.inner.config.upstream.allowed_hosts,
+        };
+        self.fill_playlist_within(writer, target, policy).await
+    }
+
+    async fn fill_playlist_within(
+        &self,
+        writer: FillWriter,
+        target: Target<'_>,
+        policy: HostPolicy<'_>,
+    ) {
+        let started = Instant::now();
+        let response = match self
+            .inner
+            .upstream
+            .get(target.url.clone(), policy, "playlist")
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => return self.settle_failed(writer, error, &target),
+        };
+        let max = self.inner.config.upstream.max_playlist_bytes.as_u64();
+        let result = self.rewritten_playlist(response, &target, max).await;
+        tracing::info!(
+            cid = %target.call, kind = "playlist", url = %redacted(&target.url),
+            upstream_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "fetched from upstream"
+        );
+        match result {
+            Ok(object) => {
+                writer.finish(object);
+            }
+            Err(error) => writer.fail(error),
+        }
+    }
+
+    async fn rewritten_playlist(
+        &self,
+        response: UpstreamResponse,
+        target: &Target<'_>,
+        max: u64,
+    ) -> Result<CachedObject, RelayError> {
+        // Relative URIs resolve against where the playlist really came from, after redirects.
+        let base = response.final_url.clone();
+        let body = response.bytes(max).await?;
+        let info =
+            playlist::inspect(&body).map_err(|e| RelayError::BadUpstreamPlaylist(e.to_string()))?;
+        let signer = &self.inner.signer;
+        let rewritten = playlist::rewrite(&body, |site, uri| {
+            let url = base.join(uri).ok()?;
+            signer.relay_ref(target.call, &url, kind_at(site), target.location)
+        })
+        .map_err(|e| RelayError::BadUpstreamPlaylist(e.to_string()))?;
+        let freshness = policy::playlist_freshness(&info, &self.inner.config.cache);
+        Ok(stored(
+            StatusCode::OK,
+            Bytes::from(rewritten),
+            HeaderValue::from_static(PLAYLIST_CONTENT_TYPE),
+            freshness,
+            None,
+            freshness.fresh_for + STALE_IF_ERROR,
+        ))
+    }
+
+    async fn fill_media(
+        &self,
+        writer: FillWriter,
+        target: Target<'_>,
+        policy: HostPolicy<'_>,
+        file: &str,
+    ) {
+        let started = Instant::now();
+        let response = match self
+            .inner
+            .upstream
+            .get(target.url.clone(), policy, "media")
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => return self.settle_failed(writer, error, &target),
+        };
+        let upstream_type = response.content_type().map(str::to_owned);
+        if upstream_type
+            .as_deref()
+            .is_some_and(policy::is_playlist_content_type)
+        {
+            // Labelled media by its position but a playlist by its type: playlists are recognised by content.
+            let max = self.inner.config.upstream.max_playlist_bytes.as_u64();
+            return match self.rewritten_playlist(response, &target, max).await {
+                Ok(object) => drop(writer.finish(object)),
+                Err(error) => writer.fail(error),
+            };
+        }
+        let freshness = policy::media_freshness(&self.inner.config.cache);
+        let content_type = policy::media_content_type(file, upstream_type.as_deref());
+        let content_type = HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+        let upstream_etag = response.headers.get(header::ETAG).cloned();
+        let cache_control = HeaderValue::try_from(freshness.cache_control()).expect("ASCII");
+        let expected = response.content_length();
+        writer.start_stream(StreamHead {
+            content_type: content_type.clone(),
+            cache_control,
+            content_length: expected,
+            etag: upstream_etag.clone(),
+        });
+        let max = self.inner.config.upstream.max_object_bytes.as_u64();
+        let mut whole = BytesMut::with_capacity(expected.unwrap_or(0).min(max) as usize);
+        let mut chunks = std::pin::pin!(response.chunks(max));
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    whole.extend_from_slice(&chunk);
+                    writer.push(chunk);
+                }
+                Err(error) => return self.settle_failed(writer, error, &target),
+            }
+        }
+        tracing::info!(
+            cid = %target.call, kind = "media", url = %redacted(&target.url), bytes = whole.len(),
+            upstream_ms = started.elapsed().as_millis() as u64, "fetched from upstream"
+        );
+        writer.finish(stored(
+            StatusCode::OK,
+            whole.freeze(),
+            content_type,
+            freshness,
+            upstream_etag,
+            freshness.fresh_for,
+        ));
+    }
+
+    /// Upstream 404s are remembered briefly, so a missing object does not cost an upstream request per viewer;
+    /// anything else fails the fill and caches nothing.
+    fn settle_failed(&self, writer: FillWriter, error: UpstreamError, target: &Target<'_>) {
+        tracing::warn!(cid = %target.call, url = %redacted(&target.url), %error, "upstream fetch failed");
+        let error = RelayError::from(error);
+        if matches!(error, RelayError::NotFound(_)) {
+            let freshness = policy::not_found_freshness(&self.inner.config.cache);
+            let body =
+                serde_json::json!({"error": {"code": error.code(), "message": error.to_string()}});
+            writer.finish(stored(
+                StatusCode::NOT_FOUND,
+                Bytes::from(body.to_string()),
+                HeaderValue::from_static("application/json"),
+                freshness,
+                None,
+                freshness.fresh_for,
+            ));
+        } else {
+            writer.fail(error);
+        }
+    }
+}
+
+/// Which upstream object a fill fetches, for which call, and where the relay serves it.
+struct Target<'a> {
+    call: &'a CallId,
+    url: Url,
+    location: PlaylistLocation,
+}
+
+/// Whether the URI at `site` names a playlist (fetched whole and rewritten) or media (streamed untouched).
+fn kind_at(site: UriSite) -> ObjectKind {
+    match site {
+        UriSite::VariantLine => ObjectKind::Playlist,
+        UriSite::SegmentLine => ObjectKind::Media,
+        UriSite::Attribute { tag, attribute } => match (tag, attribute) {
+            ("EXT-X-MEDIA" | "EXT-X-I-FRAME-STREAM-INF" | "EXT-X-RENDITION-REPORT", _)
+            | ("EXT-X-DATERANGE", "X-ASSET-URI") => ObjectKind::Playlist,
+            _ => ObjectKind::Media,
+        },
+    }
+}
+
+fn stored(
+    status: StatusCode,
+    body: Bytes,
+    content_type: HeaderValue,
+    freshness: Freshness,
+    etag: Option<HeaderValue>,
+    keep_for: Duration,
+) -> CachedObject {
+    let now = Instant::now();
+    CachedObject {
+        status,
+        etag: etag.unwrap_or_else(|| etag_for(&body)),
+        body,
+        content_type,
+        cache_control: HeaderValue::try_from(freshness.cache_control()).expect("ASCII"),
+        stored_at: now,
+        fresh_until: now + freshness.fresh_for,
+        keep_for,
+    }
+}
+
+/// Upstream URLs without their query: CDN signatures stay out of logs.
+fn redacted(url: &Url) -> &str {
+    &url[..url::Position::AfterPath]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renditions_are_playlists_and_everything_else_is_media() {
+        assert_eq!(kind_at(UriSite::VariantLine), ObjectKind::Playlist);
+        assert_eq!(kind_at(UriSite::SegmentLine), ObjectKind::Media);
+        let media = UriSite::Attribute {
+            tag: "EXT-X-MEDIA",
+            attribute: "URI",
+        };
+        assert_eq!(kind_at(media), ObjectKind::Playlist);
+        let map = UriSite::Attribute {
+            tag: "EXT-X-MAP",
+            attribute: "URI",
+        };
+        assert_eq!(kind_at(map), ObjectKind::Media);
+    }
+
+    #[test]
+    fn logs_never_carry_upstream_query_strings() {
+        let url = Url::parse("https://cdn.example.com/a/seg.ts?Signature=secret").unwrap();
+        assert_eq!(redacted(&url), "https://cdn.example.com/a/seg.ts");
+    }
+}

@@ -1,0 +1,566 @@
+//! The HTTP shell: routes, the viewer-facing headers (CORS, caching, validators, ranges, compression), and the
+//! listener with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::cache::CachedObject;
+use crate::call::CallId;
+use crate::config::Config;
+use crate::error::RelayError;
+use crate::relay::{Relay, Served};
+use crate::resolver::{Resolution, Resolver};
+use crate::stream_api::StreamApi;
+use crate::telemetry::{CacheOutcome, Metrics};
+use crate::upstream::Upstream;
+use crate::urlmap::UrlSigner;
+
+/// Longest request path accepted; relay object URLs are well under it.
+const MAX_PATH_LEN: usize = 4096;
+const ENTRY_PLAYLIST: &str = "index.m3u8";
+static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Builds the relay from a validated config (credentials required).
+pub fn build_relay(config: Config) -> Result<Relay, Box<dyn std::error::Error + Send + Sync>> {
+    let (api_key, api_secret) = config.credentials()?;
+    let metrics = Arc::new(Metrics::new());
+    let api = StreamApi::new(
+        &config.stream.base_url,
+        &api_key,
+        &api_secret,
+        config.stream.timeout,
+    );
+    let resolver = Resolver::new(api, config.stream.call_ttl, metrics.clone());
+    let upstream = Upstream::new(&config.upstream, metrics.clone())?;
+    let signer = match &config.server.url_key {
+        Some(key) => UrlSigner::new(key.as_bytes()),
+        None => {
+            tracing::warn!(
+                "server.url_key is not set: relay URLs are signed with a random key and stop working when \
+                 this process restarts; set it to share URLs across restarts and instances"
+            );
+            UrlSigner::random()
+        }
+    };
+    Ok(Relay::new(config, resolver, upstream, signer, metrics))
+}
+
+pub fn router(relay: Relay) -> Router {
+    let cors = cors_layer(&relay.config().cors.allowed_origins);
+    Router::new()
+        .route("/v1/calls/{type}/{id}", get(call_state))
+        .route("/hls/{*rest}", get(hls))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { RelayError::NotFound("no such resource".into()) })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                axum::Json(serde_json::json!({"error": {"code": "method_not_allowed",
+                    "message": "only GET, HEAD and OPTIONS are served"}})),
+            )
+        })
+        .layer(CompressionLayer::new().compress_when(compressible))
+        .layer(middleware::from_fn_with_state(relay.clone(), observe))
+        .layer(middleware::from_fn(reject_hostile_paths))
+        .layer(cors)
+        .with_state(relay)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight responses finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Completes on Ctrl-C or SIGTERM (what container runtimes send before killing).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing in-flight responses");
+}
+
+/// A relay running in the background on its own listener (tests, the demo).
+pub struct RunningRelay {
+    pub addr: SocketAddr,
+    pub relay: Relay,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl RunningRelay {
+    pub async fn start(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let listener = TcpListener::bind(config.server.listen).await?;
+        let addr = listener.local_addr()?;
+        let relay = build_relay(config)?;
+        let (shutdown, mut stop) = tokio::sync::watch::channel(false);
+        let app = router(relay.clone());
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = serve(listener, app, stopped).await {
+                tracing::error!(%error, "relay server stopped");
+            }
+        });
+        Ok(Self {
+            addr,
+            relay,
+            shutdown,
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
+        .allow_headers([
+            header::RANGE,
+            header::IF_NONE_MATCH,
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+        ])
+        .expose_headers([
+            header::AGE,
+            header::CONTENT_LENGTH,
+            header::CONTENT_RANGE,
+            header::ETAG,
+            header::RETRY_AFTER,
+            X_CACHE.clone(),
+        ])
+        .max_age(std::time::Duration::from_secs(86400))
+}
+
+/// Only playlists and JSON are worth compressing; media is already compressed.
+fn compressible(
+    status: StatusCode,
+    _: Version,
+    headers: &HeaderMap,
+    _: &axum::http::Extensions,
+) -> bool {
+    status.is_success()
+        && headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                ct.starts_with("application/vnd.apple.mpegurl")
+                    || ct.starts_with("application/json")
+            })
+}
+
+/// Refuses traversal and smuggling attempts before routing: dot segments, encoded dots, slashes, backslashes and
+/// NULs, and absurd lengths. Nothing a relay URL contains looks like these.
+async fn reject_hostile_paths(request: Request, next: Next) -> Response {
+    if let Err(reason) = check_path(request.uri().path()) {
+        return RelayError::BadRequest(reason.into()).into_response();
+    }
+    next.run(request).await
+}
+
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    if path.len() > MAX_PATH_LEN {
+        return Err("request path too long");
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%00", "\\"]
+        .iter()
+        .any(|bad| lower.contains(bad))
+    {
+        return Err("encoded dots, slashes, backslashes and NULs are not allowed in paths");
+    }
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err("dot segments are not allowed in paths");
+    }
+    Ok(())
+}
+
+/// Counts every response by route and status.
+async fn observe(State(relay): State<Relay>, request: Request, next: Next) -> Response {
+    let route = route_label(request.uri().path());
+    let response = next.run(request).await;
+    relay
+        .metrics()
+        .requests
+        .with_label_values(&[route, response.status().as_str()])
+        .inc();
+    response
+}
+
+fn route_label(path: &str) -> &'static str {
+    if let Some(rest) = path.strip_prefix("/hls/") {
+        if rest.ends_with(ENTRY_PLAYLIST) && rest.matches('/').count() == 2 {
+            "hls_entry"
+        } else {
+            "hls_object"
+        }
+    } else if path.starts_with("/v1/calls/") {
+        "call_state"
+    } else if path == "/metrics" || path == "/healthz" || path == "/readyz" {
+        "ops"
+    } else {
+        "other"
+    }
+}
+
+async fn metrics(State(relay): State<Relay>) -> impl IntoResponse {
+    let (bytes, entries) = relay.cache().usage();
+    relay.metrics().cache_bytes.set(bytes as i64);
+    relay.metrics().cache_entries.set(entries as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        relay.metrics().render(),
+    )
+}
+
+/// `GET /v1/calls/{type}/{id}`: the call's state in Stream's own shape, with the relay's playlist URL.
+async fn call_state(
+    State(relay): State<Relay>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, RelayError> {
+    let call = CallId::new(&kind, &id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
+    let hls = match relay.resolve(&call).await? {
+        Resolution::NotFound => return Err(RelayError::CallNotFound(call.to_string())),
+        Resolution::NotBroadcasting => serde_json::Value::Null,
+        Resolution::Live { .. } => {
+            let base = public_base(relay.config(), &headers, &uri);
+            serde_json::json!({"playlist_url": format!("{base}/hls/{kind}/{id}/{ENTRY_PLAYLIST}")})
+        }
+    };
+    let body = serde_json::json!({"call": {
+        "cid": call.to_string(), "type": call.kind(), "id": call.id(),
+        "egress": {"broadcasting": !hls.is_null(), "hls": hls},
+    }});
+    Ok(([(header::CACHE_CONTROL, "no-cache")], axum::Json(body)).into_response())
+}
+
+/// The relay's own absolute base URL: configured, or as this request reached it.
+fn public_base(config: &Config, headers: &HeaderMap, uri: &Uri) -> String {
+    if let Some(url) = &config.server.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("localhost");
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
+/// `GET /hls/{type}/{id}/index.m3u8` and `GET /hls/{type}/{id}/{token}/{file}`. The raw path is used, not
+/// a decoded one: signatures cover the URL exactly as the relay wrote it.
+async fn hls(
+    State(relay): State<Relay>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, RelayError> {
+    let path = uri.path();
+    let rest = path.strip_prefix("/hls/").unwrap_or_default();
+    let mut parts = rest.splitn(4, '/');
+    let (kind, id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let call = CallId::new(kind, id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
+    let work = async {
+        match (parts.next(), parts.next()) {
+            (Some(ENTRY_PLAYLIST), None) => relay.entry_playlist(&call, path).await,
+            (Some(token), Some(file)) if !file.contains('/') => {
+                relay.object(&call, path, token, file).await
+            }
+            _ => Err(RelayError::NotFound("no such resource".into())),
+        }
+    };
+    let served = tokio::time::timeout(relay.config().server.request_timeout, work)
+        .await
+        .map_err(|_| RelayError::UpstreamTimeout("no response from upstream in time".into()))??;
+    Ok(render(served, &headers).await)
+}
+
+async fn render(served: Served, request: &HeaderMap) -> Response {
+    match served {
+        Served::Whole {
+            object,
+            outcome,
+            stale,
+        } => render_whole(&object, outcome, stale, request),
+        Served::Streaming {
+            head,
+            fill,
+            outcome,
+        } => {
+            if request.contains_key(header::RANGE) {
+                // Ranges are cut from the whole object; the fill finishes at upstream speed.
+                return match fill.complete().await {
+                    Ok(object) => render_whole(&object, outcome, false, request),
+                    Err(error) => error.into_response(),
+                };
+            }
+            let mut response = Response::new(Body::from_stream(fill.body()));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, head.content_type);
+            headers.insert(header::CACHE_CONTROL, head.cache_control);
+            if let Some(length) = head.content_length {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
+            if let Some(etag) = head.etag {
+                headers.insert(header::ETAG, etag);
+            }
+            headers.insert(header::AGE, HeaderValue::from_static("0"));
+            headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            headers.insert(X_CACHE.clone(), x_cache(outcome, false));
+            response
+        }
+    }
+}
+
+fn x_cache(outcome: CacheOutcome, stale: bool) -> HeaderValue {
+    HeaderValue::from_static(match (outcome, stale) {
+        (_, true) => "STALE",
+        (CacheOutcome::Hit, _) => "HIT",
+        (CacheOutcome::Miss, _) => "MISS",
+        (CacheOutcome::Coalesced, _) => "COALESCED",
+    })
+}
+
+fn render_whole(
+    object: &CachedObject,
+    outcome: CacheOutcome,
+    stale: bool,
+    request: &HeaderMap,
+) -> Response {
+    let is_ok = object.status == StatusCode::OK;
+    let mut status = object.status;
+    let mut body = object.body.clone();
+    let mut content_range = None;
+    if is_ok && etag_matches(request, &object.etag) {
+        status = StatusCode::NOT_MODIFIED;
+        body = bytes::Bytes::new();
+    } else if let (true, Some(range)) = (is_ok, request.get(header::RANGE)) {
+        match byte_range(range.to_str().unwrap_or(""), object.body.len() as u64) {
+            ByteRange::Whole => {}
+            ByteRange::Part { first, last } => {
+                status = StatusCode::PARTIAL_CONTENT;
+                body = object.body.slice(first as usize..=last as usize);
+                content_range = Some(format!("bytes {first}-{last}/{}", object.body.len()));
+            }
+            ByteRange::Unsatisfiable => {
+                let mut response =
+                    RelayError::BadRequest("requested range is outside the object".into())
+                        .into_response();
+                *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                let value = format!("bytes */{}", object.body.len());
+                response.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::try_from(value).expect("ASCII"),
+                );
+                return response;
+            }
+        }
+    }
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, object.content_type.clone());
+    headers.insert(header::CACHE_CONTROL, object.cache_control.clone());
+    if is_ok {
+        headers.insert(header::ETAG, object.etag.clone());
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    headers.insert(
+        header::AGE,
+        HeaderValue::from(object.age_secs(Instant::now())),
+    );
+    headers.insert(X_CACHE.clone(), x_cache(outcome, stale));
+    if let Some(range) = content_range {
+        headers.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::try_from(range).expect("ASCII"),
+        );
+    }
+    response
+}
+
+fn etag_matches(request: &HeaderMap, etag: &HeaderValue) -> bool {
+    let Some(candidates) = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let etag = etag.as_bytes();
+    candidates
+        .split(',')
+        .map(str::trim)
+        .any(|candidate| candidate == "*" || candidate.trim_start_matches("W/").as_bytes() == etag)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ByteRange {
+    /// No usable single range: serve the whole object (multi-ranges are allowed to be ignored).
+    Whole,
+    Part {
+        first: u64,
+        last: u64,
+    },
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=` range (RFC 9110 §14.1.2) against an object of `len` bytes.
+fn byte_range(value: &str, len: u64) -> ByteRange {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return ByteRange::Whole;
+    };
+    if spec.contains(',') {
+        return ByteRange::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return ByteRange::Whole;
+    };
+    let (first, last) = match (first.parse::<u64>(), last.parse::<u64>()) {
+        (Ok(first), Ok(last)) if first <= last => (first, last.min(len.saturating_sub(1))),
+        (Ok(first), Err(_)) if last.is_empty() => (first, len.saturating_sub(1)),
+        (Err(_), Ok(suffix)) if first.is_empty() && suffix > 0 => {
+            (len.saturating_sub(suffix), len.saturating_sub(1))
+        }
+        _ => return ByteRange::Whole,
+    };
+    if first >= len {
+        return ByteRange::Unsatisfiable;
+    }
+    ByteRange::Part { first, last }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for path in [
+            "/hls/a/b/../../etc/passwd",
+            "/hls/a/b/%2e%2e/x",
+            "/hls/a/b/x%2Fy/z.ts",
+            "/hls/a/b/x%5cy",
+            "/hls/a/./b",
+        ] {
+            assert!(check_path(path).is_err(), "{path}");
+        }
+        assert!(check_path(&format!("/hls/{}", "a".repeat(5000))).is_err());
+        assert!(check_path("/hls/livestream/abc/index.m3u8").is_ok());
+        assert!(check_path("/hls/livestream/abc/AbC-_p0/seg%20one.ts").is_ok());
+    }
+
+    #[test]
+    fn byte_ranges() {
+        assert_eq!(
+            byte_range("bytes=0-99", 1000),
+            ByteRange::Part { first: 0, last: 99 }
+        );
+        assert_eq!(
+            byte_range("bytes=900-", 1000),
+            ByteRange::Part {
+                first: 900,
+                last: 999
+            }
+        );
+        assert_eq!(
+            byte_range("bytes=-100", 1000),
+            ByteRange::Part {
+                first: 900,
+                last: 999
+            }
+        );
+        assert_eq!(
+            byte_range("bytes=990-2000", 1000),
+            ByteRange::Part {
+                first: 990,
+                last: 999
+            }
+        );
+        assert_eq!(byte_range("bytes=1000-", 1000), ByteRange::Unsatisfiable);
+        assert_eq!(byte_range("bytes=0-1,5-6", 1000), ByteRange::Whole);
+        assert_eq!(byte_range("items=0-1", 1000), ByteRange::Whole);
+        assert_eq!(byte_range("bytes=5-1", 1000), ByteRange::Whole);
+    }
+
+    #[test]
+    fn if_none_match_accepts_lists_weak_forms_and_star() {
+        let etag = HeaderValue::from_static("\"abc\"");
+        let mut request = HeaderMap::new();
+        request.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"x\", W/\"abc\""),
+        );
+        assert!(etag_matches(&request, &etag));
+        request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\""));
+        assert!(!etag_matches(&request, &etag));
+        request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(etag_matches(&request, &etag));
+    }
+
+    #[test]
+    fn routes_are_labelled_for_metrics() {
+        assert_eq!(route_label("/hls/livestream/abc/index.m3u8"), "hls_entry");
+        assert_eq!(
+            route_label("/hls/livestream/abc/tok/index.m3u8"),
+            "hls_object"
+        );
+        assert_eq!(route_label("/v1/calls/livestream/abc"), "call_state");
+    }
+}
