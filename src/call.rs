@@ -41,7 +41,9 @@ impl CallId {
 
     /// Parses Stream's `type:id` form.
     pub fn from_cid(cid: &str) -> Result<Self, InvalidCallId> {
-        let (kind, id) = cid.split_once(':').ok_or(InvalidCallId { what: "call cid" })?;
+        let (kind, id) = cid
+            .split_once(':')
+            .ok_or(InvalidCallId { what: "call cid" })?;
         Self::new(kind, id)
     }
 
@@ -72,7 +74,10 @@ mod tests {
         assert!(CallId::new("livestream", "").is_err());
         assert!(CallId::new("livestream", &"a".repeat(65)).is_err());
         assert!(CallId::new("livestream", "a.b").is_err());
-        assert_eq!(CallId::from_cid("default:x").unwrap().to_string(), "default:x");
+        assert_eq!(
+            CallId::from_cid("default:x").unwrap().to_string(),
+            "default:x"
+        );
         assert!(CallId::from_cid("nocolon").is_err());
     }
 }

@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod call;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod playlist;
 pub mod policy;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hls_relay::config::Config;
-use hls_relay::{server, telemetry};
+use hls_relay::{demo, server, telemetry};
 
 /// HLS playback and relay proxy for Stream Video broadcasts.
 #[derive(Parser)]
@@ -38,7 +38,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
-        Command::Demo { listen } => Err(format!("demo on {listen}: not wired yet").into()),
+        Command::Demo { listen } => demo::run(listen).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,1 +1,298 @@
-//! A simulated Stream Video backend: API and live HLS origin.
+//! A simulated Stream Video backend: the Video API and a live HLS origin in one axum server on loopback.
+//!
+//! Tests, benchmarks and `hls-relay demo` use it in place of Stream. The pieces:
+//!
+//! - `api`: the Stream-compatible REST API (`/api/v2/video/call/{type}/{id}…`): Stream's auth (api_key + JWT),
+//!   error shape and call state. Starting a broadcast gives the call a playlist URL on the origin.
+//! - `origin`: the CDN side (`/cdn/{type}/{id}/{session}/…`): a master playlist with two video variants and an
+//!   audio rendition, live sliding-window media playlists that advance in real time, and segments that loop the
+//!   embedded fixtures. Per call it can sign segment URLs, redirect the master, or misbehave (`OriginFault`).
+//! - `hls`: the origin's pure core (window arithmetic, playlist text, paths, URL signing).
+//! - `fixtures`: the media, embedded from `fixtures/` (made by `scripts/make-fixtures.sh`).
+//! - `state` and `clock`: the calls and counters the handlers share, and a clock tests can advance.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use hls_relay::sim::{self, CallSetup, SimConfig};
+//! let sim = sim::start(SimConfig::default()).await?;
+//! sim.add_call("livestream", "demo", CallSetup::default());
+//! println!("{}", sim.playlist_url("livestream", "demo").unwrap_or_default());
+//! # Ok(()) }
+//! ```
+
+mod api;
+mod clock;
+mod fixtures;
+mod hls;
+mod origin;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Json;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+pub use fixtures::{Rendition, SEGMENT_COUNT, SEGMENT_SECS};
+pub use hls::WINDOW_SEGMENTS;
+pub use state::ENDED_RETENTION;
+
+use state::Shared;
+
+/// Where the simulator listens and which credentials its API accepts.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub api_key: String,
+    pub api_secret: String,
+    /// `127.0.0.1:0` by default: a free port on loopback.
+    pub listen: SocketAddr,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            api_key: "sim-key".into(),
+            api_secret: "sim-secret".into(),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        }
+    }
+}
+
+/// The segment container a call's broadcast uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Flavour {
+    /// MPEG-TS segments (`seg_000042.ts`).
+    #[default]
+    Ts,
+    /// Fragmented MP4: `init.mp4` (EXT-X-MAP) and `seg_000042.m4s`.
+    Fmp4,
+}
+
+/// How a call is set up when registered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallSetup {
+    pub flavour: Flavour,
+    /// Broadcasting from the moment it is registered (default true).
+    pub broadcasting: bool,
+    /// Segment and init URIs carry `?sig=…`, which the origin requires (default true).
+    pub signed_urls: bool,
+    /// The playlist URL answers 302 to the master's real location on another path (default false).
+    pub redirect_master: bool,
+    /// The call starts in backstage mode, as `livestream` calls do, until `go_live` (default false).
+    pub backstage: bool,
+}
+
+impl Default for CallSetup {
+    fn default() -> Self {
+        CallSetup {
+            flavour: Flavour::Ts,
+            broadcasting: true,
+            signed_urls: true,
+            redirect_master: false,
+            backstage: false,
+        }
+    }
+}
+
+/// A way for a call's origin to misbehave. Faults apply to origin requests only, never to the API.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum OriginFault {
+    #[default]
+    None,
+    /// Every playlist (master and media) is a 200 `text/html` error page.
+    GarbagePlaylists,
+    /// Every origin request of the call answers this status (invalid codes answer 500).
+    Status(u16),
+    /// Media bodies (segments, init sections) arrive in 8 chunks with this delay between chunks.
+    SlowBody(Duration),
+    /// Every origin request of the call waits forever for its headers (until the simulator shuts down).
+    Stall,
+    /// Media bodies promise their full Content-Length, send half, then the connection closes.
+    TruncatedBody,
+}
+
+/// Binds, spawns the server on the current tokio runtime and returns at once.
+pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = advertised(listener.local_addr()?);
+    let shared = Arc::new(Shared::new(
+        config.api_key,
+        config.api_secret,
+        format!("http://{addr}"),
+    ));
+    let app = Router::new()
+        .merge(api::router())
+        .merge(origin::router())
+        .route("/_sim/stats", get(stats))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .with_state(shared.clone());
+    let mut stopped = shared.shutdown.subscribe();
+    tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+        });
+        if let Err(e) = server.await {
+            tracing::warn!(error = %e, "simulator server failed");
+        }
+    });
+    tracing::debug!(%addr, "simulator listening");
+    Ok(SimHandle { shared, addr })
+}
+
+/// The address to put in URLs: a wildcard bind is reached through loopback.
+fn advertised(bound: SocketAddr) -> SocketAddr {
+    match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, bound.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, bound.port()))
+        }
+        _ => bound,
+    }
+}
+
+/// `GET /_sim/stats`: the counters, for looking at by hand.
+async fn stats(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let counters = &shared.counters;
+    let by_path: BTreeMap<String, u64> = counters.origin_snapshot().into_iter().collect();
+    Json(json!({
+        "api_requests": counters.get_call(),
+        "api_action_requests": counters.actions(),
+        "total_origin_requests": counters.origin_total(),
+        "origin_requests": by_path,
+    }))
+}
+
+/// Controls a running simulator. Cheap to clone; every clone controls the same server.
+#[derive(Clone)]
+pub struct SimHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl SimHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`: the Stream API base URL, and the origin's host.
+    pub fn base_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    pub fn api_key(&self) -> &str {
+        &self.shared.api_key
+    }
+
+    pub fn api_secret(&self) -> &str {
+        &self.shared.api_secret
+    }
+
+    /// Registers a call, replacing any call of that type and id.
+    pub fn add_call(&self, call_type: &str, id: &str, setup: CallSetup) {
+        self.shared.add_call(call_type, id, setup);
+    }
+
+    /// Starts broadcasting on the simulated origin, with a new session (so a new playlist URL; the previous
+    /// session's URLs then answer 404) unless a broadcast is already running. Takes the call back from a URL set
+    /// with `set_playlist_url`. False if the call is unknown.
+    pub fn start_broadcasting(&self, call_type: &str, id: &str) -> bool {
+        let clock = &self.shared.clock;
+        self.shared
+            .with_call(call_type, id, |c| c.start_broadcasting(clock))
+            .is_some()
+    }
+
+    /// Stops broadcasting: media playlists get EXT-X-ENDLIST and stay served for `ENDED_RETENTION`. False if the
+    /// call is unknown.
+    pub fn stop_broadcasting(&self, call_type: &str, id: &str) -> bool {
+        let clock = &self.shared.clock;
+        self.shared
+            .with_call(call_type, id, |c| c.stop_broadcasting(clock))
+            .is_some()
+    }
+
+    /// Points the call's `egress.hls.playlist_url` at any URL (another origin, a dead port) and marks it
+    /// broadcasting; registers the call if needed. A running simulated broadcast of the call stops.
+    pub fn set_playlist_url(&self, call_type: &str, id: &str, url: &str) {
+        let clock = &self.shared.clock;
+        self.shared
+            .with_call_or_default(call_type, id, |c| c.set_external_url(url, clock));
+    }
+
+    /// Makes the call's origin misbehave (or behave again with `OriginFault::None`). Ignored for unknown calls.
+    pub fn set_fault(&self, call_type: &str, id: &str, fault: OriginFault) {
+        self.shared.with_call(call_type, id, |c| c.fault = fault);
+    }
+
+    /// Requests the origin received for this exact path (without query), whatever their outcome.
+    pub fn origin_requests(&self, path: &str) -> u64 {
+        self.shared.counters.origin(path)
+    }
+
+    pub fn total_origin_requests(&self) -> u64 {
+        self.shared.counters.origin_total()
+    }
+
+    /// Get-call API requests answered, whatever their status.
+    pub fn api_requests(&self) -> u64 {
+        self.shared.counters.get_call()
+    }
+
+    /// POST API requests (start/stop broadcasting, go/stop live) answered, whatever their status.
+    pub fn api_action_requests(&self) -> u64 {
+        self.shared.counters.actions()
+    }
+
+    /// The call's playlist URL: the running broadcast's, else the latest stopped one's (still served for a while),
+    /// else the URL set with `set_playlist_url`. None for unknown calls and calls that never broadcast.
+    pub fn playlist_url(&self, call_type: &str, id: &str) -> Option<String> {
+        let base = self.shared.base_url.as_str();
+        self.shared
+            .with_call(call_type, id, |c| {
+                c.latest_playlist_url(base, call_type, id)
+            })
+            .flatten()
+    }
+
+    /// Moves the simulator's clock forward: live playlists advance by `by / 2 s` segments at once, and stopped
+    /// broadcasts age. Lets tests wait on the origin without sleeping.
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.clock.advance(by);
+    }
+
+    /// A server-side token (`{"server": true}`) for this simulator's secret.
+    pub fn server_token(&self) -> String {
+        self.token(json!({ "server": true, "iat": unix_now() }))
+    }
+
+    /// A user token valid for an hour. Users whose id starts with `host` may start and stop broadcasts.
+    pub fn user_token(&self, user_id: &str) -> String {
+        let now = unix_now();
+        self.token(json!({ "user_id": user_id, "iat": now, "exp": now + 3600 }))
+    }
+
+    fn token(&self, claims: Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(self.shared.api_secret.as_bytes());
+        // HS256 signing of a JSON value cannot fail; an empty token would be refused with a clear 401 anyway.
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap_or_default()
+    }
+
+    /// Stops accepting connections and lets open ones finish; stalled requests are released with 503.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+}
+
+fn unix_now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}

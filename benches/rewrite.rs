@@ -1,0 +1,133 @@
+//! Playlist rewriting and inspection on the shapes the relay serves: a 1,000-line live media playlist (fetched every
+//! few seconds per rendition) and a master playlist with every URI-bearing tag.
+
+use std::fmt::Write;
+use std::hint::black_box;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hls_relay::playlist::{UriSite, inspect, rewrite};
+
+const MEDIA_LINES: usize = 1_000;
+
+fn live_media_playlist() -> String {
+    let mut playlist = String::from(
+        "#EXTM3U\n\
+         #EXT-X-VERSION:7\n\
+         #EXT-X-TARGETDURATION:4\n\
+         #EXT-X-MEDIA-SEQUENCE:184467\n\
+         #EXT-X-DISCONTINUITY-SEQUENCE:3\n\
+         #EXT-X-MAP:URI=\"init_1080p.mp4?token=eyJhbGciOiJIUzI1NiJ9.e30&exp=1714567890\"\n\
+         #EXT-X-KEY:METHOD=AES-128,URI=\"https://keys.example.com/v1/keys/5f3a?exp=1714567890\",\
+         IV=0x00000000000000000000000000002d0b\n",
+    );
+    let mut line_count = playlist.lines().count();
+    let mut sequence = 184_467;
+    while line_count + 3 <= MEDIA_LINES {
+        let seconds = (sequence % 15) * 4;
+        writeln!(playlist, "#EXTINF:4.000,").unwrap();
+        writeln!(
+            playlist,
+            "#EXT-X-PROGRAM-DATE-TIME:2024-05-01T12:{:02}:{seconds:02}.000Z",
+            sequence % 60
+        )
+        .unwrap();
+        writeln!(
+            playlist,
+            "seg_1080p_{sequence:08}.m4s?token=eyJhbGciOiJIUzI1NiJ9.e30&exp=1714567890"
+        )
+        .unwrap();
+        line_count += 3;
+        sequence += 1;
+    }
+    playlist
+}
+
+fn master_playlist() -> String {
+    let mut playlist = String::from(
+        "#EXTM3U\n\
+         #EXT-X-VERSION:9\n\
+         #EXT-X-INDEPENDENT-SEGMENTS\n\
+         #EXT-X-CONTENT-STEERING:SERVER-URI=\"https://steer.example.com/v1?session=abc\",PATHWAY-ID=\"cdn-a\"\n\
+         #EXT-X-SESSION-DATA:DATA-ID=\"com.example.title\",VALUE=\"Keynote, live\"\n\
+         #EXT-X-SESSION-DATA:DATA-ID=\"com.example.chapters\",URI=\"chapters.json\"\n\
+         #EXT-X-SESSION-KEY:METHOD=AES-128,URI=\"https://keys.example.com/v1/keys/5f3a?exp=1714567890\"\n\
+         #EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aac\",NAME=\"English\",LANGUAGE=\"en\",DEFAULT=YES,URI=\"audio/en/index.m3u8\"\n\
+         #EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aac\",NAME=\"Deutsch\",LANGUAGE=\"de\",URI=\"audio/de/index.m3u8\"\n\
+         #EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\",NAME=\"English\",LANGUAGE=\"en\",URI=\"subs/en/index.m3u8\"\n\
+         #EXT-X-MEDIA:TYPE=CLOSED-CAPTIONS,GROUP-ID=\"cc\",NAME=\"English\",INSTREAM-ID=\"CC1\"\n",
+    );
+    for (height, bandwidth) in [
+        (360, 800_000),
+        (540, 1_600_000),
+        (720, 3_000_000),
+        (1080, 6_000_000),
+    ] {
+        writeln!(
+            playlist,
+            "#EXT-X-STREAM-INF:BANDWIDTH={bandwidth},CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION={}x{height},\
+             AUDIO=\"aac\",SUBTITLES=\"subs\",CLOSED-CAPTIONS=\"cc\"\nvideo/{height}p/index.m3u8?token=abc",
+            height * 16 / 9
+        )
+        .unwrap();
+        writeln!(
+            playlist,
+            "#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH={},CODECS=\"avc1.64001f\",URI=\"video/{height}p/iframes.m3u8\"",
+            bandwidth / 10
+        )
+        .unwrap();
+    }
+    playlist
+}
+
+/// Shaped like the relay's mapping: a token (signature, then the upstream location in base64) and the upstream
+/// file name, so that players and CDNs still see the extension.
+fn relay_uri(_site: UriSite, uri: &str) -> Option<String> {
+    let path_end = uri.find('?').unwrap_or(uri.len());
+    let file_start = uri[..path_end].rfind('/').map_or(0, |slash| slash + 1);
+    let file = &uri[file_start..path_end];
+    let location_len = uri.len() - file.len();
+    let signature = xxhash_rust::xxh3::xxh3_64(uri.as_bytes()).to_le_bytes();
+    let mut out = String::with_capacity(3 + 12 + 1 + location_len * 4 / 3 + 4 + file.len());
+    out.push_str("../");
+    URL_SAFE_NO_PAD.encode_string(signature, &mut out);
+    out.push('m');
+    URL_SAFE_NO_PAD.encode_string(&uri[..file_start], &mut out);
+    URL_SAFE_NO_PAD.encode_string(&uri[path_end..], &mut out);
+    out.push('/');
+    out.push_str(file);
+    Some(out)
+}
+
+fn benches(c: &mut Criterion) {
+    let media = live_media_playlist();
+    let master = master_playlist();
+    assert_eq!(media.lines().count(), MEDIA_LINES);
+
+    let mut group = c.benchmark_group("media_1000_lines");
+    group.throughput(Throughput::Bytes(media.len() as u64));
+    group.bench_function("rewrite_relay_uri", |b| {
+        b.iter(|| rewrite(black_box(media.as_bytes()), relay_uri).unwrap())
+    });
+    group.bench_function("rewrite_unchanged", |b| {
+        b.iter(|| rewrite(black_box(media.as_bytes()), |_, _| None).unwrap())
+    });
+    group.bench_function("inspect", |b| {
+        b.iter(|| inspect(black_box(media.as_bytes())).unwrap())
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("master_all_uri_tags");
+    group.throughput(Throughput::Bytes(master.len() as u64));
+    group.bench_function("rewrite_relay_uri", |b| {
+        b.iter(|| rewrite(black_box(master.as_bytes()), relay_uri).unwrap())
+    });
+    group.bench_function("inspect", |b| {
+        b.iter(|| inspect(black_box(master.as_bytes())).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(rewrite_benches, benches);
+criterion_main!(rewrite_benches);

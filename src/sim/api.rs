@@ -1,0 +1,551 @@
+//! The Stream-compatible Video API: get call, start/stop broadcasting, go live/stop live.
+//!
+//! Authentication follows Stream: `api_key` query parameter, `Authorization` JWT (HS256, the API secret) with
+//! `stream-auth-type: jwt`. Server tokens may do anything; user tokens get the capabilities of their role, which
+//! here is decided by the user id: ids starting with `host` are hosts.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::clock::rfc3339_ms;
+use super::state::{Call, Shared};
+
+const MORE_INFO: &str = "https://getstream.io/video/docs/api/errors/";
+
+pub fn router() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v2/video/call/{call_type}/{id}", get(get_call))
+        .route(
+            "/api/v2/video/call/{call_type}/{id}/{action}",
+            post(call_action),
+        )
+}
+
+/// A failed request, before it is wrapped in Stream's error shape.
+#[derive(Debug, PartialEq, Eq)]
+struct ApiError {
+    status: StatusCode,
+    /// Stream's own error code (4 input, 5 authentication, 16 not found, 17 not allowed, 40 token expired,
+    /// 43 token signature invalid, 2 API key).
+    code: u32,
+    detail: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: u32, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    fn unauthorized(code: u32, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, code, detail)
+    }
+
+    fn call_not_found(id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            16,
+            format!("Can't find call with id {id}"),
+        )
+    }
+}
+
+/// Stream reports how long it worked on a request; so does the simulator.
+fn duration(started: Instant) -> String {
+    format!("{:.2}ms", started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Wraps a handler's outcome: success objects get `duration`, errors get Stream's error shape, with the message
+/// prefixed by the operation as Stream does (`GetCall failed with error: "…"`).
+fn respond(operation: &str, outcome: Result<Value, ApiError>, started: Instant) -> Response {
+    match outcome {
+        Ok(mut body) => {
+            if let Some(object) = body.as_object_mut() {
+                object.insert("duration".into(), duration(started).into());
+            }
+            Json(body).into_response()
+        }
+        Err(e) => {
+            let body = json!({
+                "code": e.code,
+                "message": format!("{operation} failed with error: \"{}\"", e.detail),
+                "StatusCode": e.status.as_u16(),
+                "duration": duration(started),
+                "more_info": MORE_INFO,
+                "details": [],
+            });
+            (e.status, Json(body)).into_response()
+        }
+    }
+}
+
+/// Who is calling, from the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Caller {
+    Server,
+    User(String),
+}
+
+const HOST_CAPABILITIES: &[&str] = &[
+    "create-call",
+    "end-call",
+    "join-backstage",
+    "join-call",
+    "read-call",
+    "send-audio",
+    "send-video",
+    "start-broadcast-call",
+    "stop-broadcast-call",
+    "update-call",
+];
+const VIEWER_CAPABILITIES: &[&str] = &["join-call", "read-call"];
+
+impl Caller {
+    fn capabilities(&self) -> &'static [&'static str] {
+        match self {
+            Caller::Server => HOST_CAPABILITIES,
+            Caller::User(id) if id.starts_with("host") => HOST_CAPABILITIES,
+            Caller::User(_) => VIEWER_CAPABILITIES,
+        }
+    }
+
+    fn require(&self, capability: &str, call_type: &str, id: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Server => Ok(()),
+            Caller::User(_) if self.capabilities().contains(&capability) => Ok(()),
+            Caller::User(user) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                17,
+                format!(
+                    "User '{user}' is not allowed to perform this action in call {call_type}:{id}: \
+                     missing capability {capability}"
+                ),
+            )),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    server: bool,
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+/// Checks the API key and the token the way Stream does, in that order.
+fn authenticate(
+    shared: &Shared,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
+    let api_key = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "api_key")
+            .map(|(_, v)| v.into_owned())
+    });
+    match api_key {
+        None => return Err(ApiError::unauthorized(2, "api_key not found")),
+        Some(key) if key != shared.api_key => {
+            return Err(ApiError::unauthorized(2, "api_key not valid"));
+        }
+        Some(_) => {}
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(kind) = header("stream-auth-type")
+        && !kind.eq_ignore_ascii_case("jwt")
+    {
+        return Err(ApiError::unauthorized(
+            5,
+            format!("stream-auth-type {kind} is not supported"),
+        ));
+    }
+    let Some(authorization) = header("authorization").filter(|v| !v.is_empty()) else {
+        return Err(ApiError::unauthorized(5, "JWTAuth error: token is missing"));
+    };
+    // Stream wants the bare token; a `Bearer ` prefix is a common client mistake it is lenient with here.
+    let token = match authorization.get(..7) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => authorization[7..].trim(),
+        _ => authorization,
+    };
+    let claims = decode_token(token, &shared.api_secret, &shared.api_key)?;
+    match (claims.server, claims.user_id) {
+        (true, _) => Ok(Caller::Server),
+        (false, Some(user)) if !user.is_empty() => Ok(Caller::User(user)),
+        _ => Err(ApiError::unauthorized(
+            5,
+            "JWTAuth error: token has no user_id and is not a server token",
+        )),
+    }
+}
+
+fn decode_token(token: &str, secret: &str, api_key: &str) -> Result<Claims, ApiError> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    // Stream's tokens need not expire (server tokens usually do not); `exp` is checked when present.
+    validation.required_spec_claims.clear();
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    let key = DecodingKey::from_secret(secret.as_bytes());
+    match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
+        Ok(data) => Ok(data.claims),
+        Err(e) => Err(match e.kind() {
+            ErrorKind::ExpiredSignature => {
+                ApiError::unauthorized(40, "JWTAuth error: token has expired")
+            }
+            ErrorKind::InvalidSignature => ApiError::unauthorized(
+                43,
+                format!(
+                    "JWTAuth error: signature is not valid. Make sure the token is created using the secret for \
+                     API key \"{api_key}\""
+                ),
+            ),
+            _ => ApiError::unauthorized(5, format!("JWTAuth error: token is not valid: {e}")),
+        }),
+    }
+}
+
+/// The `call` object of Stream's responses, including fields the relay must ignore.
+fn call_object(call: &Call, base_url: &str, call_type: &str, id: &str) -> Value {
+    let hls = call
+        .live_playlist_url(base_url, call_type, id)
+        .map(|url| json!({ "playlist_url": url }));
+    let broadcast = call.broadcast.as_ref();
+    let session = (call.live_started_ms.is_some() || call.broadcasting()).then(|| {
+        let started = call.live_started_ms.unwrap_or(call.created_ms);
+        json!({
+            "id": broadcast.map(|b| b.session.as_str()).unwrap_or("session-0"),
+            "started_at": rfc3339_ms(started),
+            "live_started_at": call.live_started_ms.map(rfc3339_ms),
+            "live_ended_at": call.live_ended_ms.map(rfc3339_ms),
+            "ended_at": null,
+            "participants": [],
+            "participants_count_by_role": {},
+            "anonymous_participant_count": 0,
+            "accepted_by": {}, "rejected_by": {}, "missed_by": {},
+        })
+    });
+    let created = rfc3339_ms(call.created_ms);
+    json!({
+        "cid": format!("{call_type}:{id}"),
+        "type": call_type,
+        "id": id,
+        "current_session_id": broadcast.map(|b| b.session.as_str()).unwrap_or(""),
+        "created_by": {
+            "id": "host-sim", "name": "Simulated host", "role": "user", "teams": [], "custom": {},
+            "created_at": created, "updated_at": created,
+        },
+        "created_at": created,
+        "updated_at": created,
+        "backstage": call.backstage,
+        "blocked_user_ids": [],
+        "custom": {},
+        "egress": {
+            "broadcasting": call.broadcasting(),
+            "hls": hls,
+            "rtmps": [],
+        },
+        "ingress": { "rtmp": { "address": format!("rtmps://ingress.sim.invalid:443/{call_type}.{id}") } },
+        "recording": false,
+        "transcribing": false,
+        "captioning": false,
+        "session": session,
+        "settings": {
+            "backstage": { "enabled": call.setup.backstage },
+            "broadcasting": { "enabled": true, "hls": { "enabled": true, "auto_on": false,
+                "quality_tracks": ["360p", "180p"] } },
+        },
+        "starts_at": null,
+        "ended_at": null,
+        "team": null,
+        "thumbnails": null,
+    })
+}
+
+fn call_response(call: &Call, caller: &Caller, base_url: &str, call_type: &str, id: &str) -> Value {
+    json!({
+        "call": call_object(call, base_url, call_type, id),
+        "members": [{
+            "user_id": "host-sim", "role": "host", "custom": {},
+            "user": { "id": "host-sim", "name": "Simulated host", "role": "user" },
+            "created_at": rfc3339_ms(call.created_ms), "updated_at": rfc3339_ms(call.created_ms),
+        }],
+        "own_capabilities": caller.capabilities(),
+        "blocked_users": [],
+    })
+}
+
+async fn get_call(
+    State(shared): State<Arc<Shared>>,
+    Path((call_type, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    shared.counters.count_get_call();
+    let outcome = authenticate(&shared, query.as_deref(), &headers).and_then(|caller| {
+        shared
+            .with_call(&call_type, &id, |call| {
+                call_response(call, &caller, &shared.base_url, &call_type, &id)
+            })
+            .ok_or_else(|| ApiError::call_not_found(&id))
+    });
+    respond("GetCall", outcome, started)
+}
+
+/// The POST operations on a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    StartBroadcasting,
+    StopBroadcasting,
+    GoLive,
+    StopLive,
+}
+
+impl Action {
+    fn from_path(segment: &str) -> Option<Action> {
+        Some(match segment {
+            "start_broadcasting" => Action::StartBroadcasting,
+            "stop_broadcasting" => Action::StopBroadcasting,
+            "go_live" => Action::GoLive,
+            "stop_live" => Action::StopLive,
+            _ => return None,
+        })
+    }
+
+    /// The name Stream puts in its error messages.
+    fn operation(self) -> &'static str {
+        match self {
+            Action::StartBroadcasting => "StartHLSBroadcasting",
+            Action::StopBroadcasting => "StopHLSBroadcasting",
+            Action::GoLive => "GoLive",
+            Action::StopLive => "StopLive",
+        }
+    }
+
+    fn capability(self) -> &'static str {
+        match self {
+            Action::StartBroadcasting => "start-broadcast-call",
+            Action::StopBroadcasting => "stop-broadcast-call",
+            Action::GoLive | Action::StopLive => "update-call",
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct GoLiveRequest {
+    #[serde(default)]
+    start_hls: bool,
+}
+
+async fn call_action(
+    State(shared): State<Arc<Shared>>,
+    Path((call_type, id, action)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    shared.counters.count_action();
+    let Some(action) = Action::from_path(&action) else {
+        let error = ApiError::new(
+            StatusCode::NOT_FOUND,
+            4,
+            format!("unknown call action {action}"),
+        );
+        return respond("CallAction", Err(error), started);
+    };
+    let outcome = perform(
+        &shared,
+        action,
+        &call_type,
+        &id,
+        query.as_deref(),
+        &headers,
+        &body,
+    );
+    respond(action.operation(), outcome, started)
+}
+
+fn perform(
+    shared: &Shared,
+    action: Action,
+    call_type: &str,
+    id: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let caller = authenticate(shared, query, headers)?;
+    let go_live: GoLiveRequest = if action == Action::GoLive && !body.trim_ascii().is_empty() {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                4,
+                format!("invalid request body: {e}"),
+            )
+        })?
+    } else {
+        GoLiveRequest::default()
+    };
+    let clock = &shared.clock;
+    let base = shared.base_url.as_str();
+    shared
+        .with_call(call_type, id, |call| {
+            caller.require(action.capability(), call_type, id)?;
+            Ok(match action {
+                Action::StartBroadcasting => {
+                    call.start_broadcasting(clock);
+                    json!({ "playlist_url": call.live_playlist_url(base, call_type, id) })
+                }
+                Action::StopBroadcasting => {
+                    call.stop_broadcasting(clock);
+                    json!({})
+                }
+                Action::GoLive => {
+                    call.backstage = false;
+                    call.live_started_ms = Some(clock.unix_ms());
+                    call.live_ended_ms = None;
+                    if go_live.start_hls {
+                        call.start_broadcasting(clock);
+                    }
+                    json!({ "call": call_object(call, base, call_type, id) })
+                }
+                Action::StopLive => {
+                    // "Once the live ended, the HLS broadcast will be stopped as well" (Stream's HLS docs).
+                    call.backstage = true;
+                    call.live_ended_ms = Some(clock.unix_ms());
+                    call.stop_broadcasting(clock);
+                    json!({ "call": call_object(call, base, call_type, id) })
+                }
+            })
+        })
+        .unwrap_or_else(|| Err(ApiError::call_not_found(id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::CallSetup;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    fn shared() -> Shared {
+        Shared::new("key".into(), "secret".into(), "http://sim".into())
+    }
+
+    fn token(claims: Value, secret: &str) -> String {
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap_or_default()
+    }
+
+    fn headers(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = token.parse() {
+            headers.insert("authorization", value);
+        }
+        headers.insert("stream-auth-type", "jwt".parse().expect("static header"));
+        headers
+    }
+
+    fn auth(token: &str, query: Option<&str>) -> Result<Caller, ApiError> {
+        authenticate(&shared(), query, &headers(token))
+    }
+
+    #[test]
+    fn tokens_are_checked_like_stream_does() {
+        let server = token(json!({"server": true}), "secret");
+        let q = Some("api_key=key");
+        assert_eq!(auth(&server, q), Ok(Caller::Server));
+        assert_eq!(auth(&format!("Bearer {server}"), q), Ok(Caller::Server));
+        assert_eq!(auth(&server, None).map_err(|e| e.code), Err(2));
+        assert_eq!(
+            auth(&server, Some("api_key=other")).map_err(|e| e.code),
+            Err(2)
+        );
+        let forged = token(json!({"server": true}), "other");
+        assert_eq!(
+            auth(&forged, q).map_err(|e| (e.status, e.code)),
+            Err((StatusCode::UNAUTHORIZED, 43))
+        );
+        let expired = token(json!({"user_id": "host1", "exp": 1_000_000}), "secret");
+        assert_eq!(auth(&expired, q).map_err(|e| e.code), Err(40));
+        assert_eq!(auth("not-a-jwt", q).map_err(|e| e.code), Err(5));
+        assert_eq!(auth("", q).map_err(|e| e.code), Err(5));
+        let anonymous = token(json!({"iat": 1}), "secret");
+        assert_eq!(auth(&anonymous, q).map_err(|e| e.code), Err(5));
+        let user = token(
+            json!({"user_id": "alice", "exp": 4_000_000_000u64}),
+            "secret",
+        );
+        assert_eq!(auth(&user, q), Ok(Caller::User("alice".into())));
+    }
+
+    #[test]
+    fn only_hosts_may_broadcast() {
+        let host = Caller::User("host-1".into());
+        let viewer = Caller::User("alice".into());
+        assert!(
+            host.require("start-broadcast-call", "livestream", "x")
+                .is_ok()
+        );
+        assert!(
+            Caller::Server
+                .require("stop-broadcast-call", "livestream", "x")
+                .is_ok()
+        );
+        let denied = viewer
+            .require("start-broadcast-call", "livestream", "x")
+            .expect_err("viewer denied");
+        assert_eq!((denied.status, denied.code), (StatusCode::FORBIDDEN, 17));
+        assert!(denied.detail.contains("start-broadcast-call"));
+        assert!(viewer.require("read-call", "livestream", "x").is_ok());
+    }
+
+    #[test]
+    fn call_object_reports_egress_state() {
+        let shared = shared();
+        shared.add_call("livestream", "abc", CallSetup::default());
+        let object = shared
+            .with_call("livestream", "abc", |c| {
+                call_object(c, "http://sim", "livestream", "abc")
+            })
+            .unwrap_or_default();
+        assert_eq!(object["cid"], "livestream:abc");
+        assert_eq!(object["egress"]["broadcasting"], true);
+        assert!(
+            object["egress"]["hls"]["playlist_url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("http://sim/cdn/"))
+        );
+        assert_eq!(object["egress"]["rtmps"], json!([]));
+        assert!(object["session"].is_object());
+        assert_eq!(object["ended_at"], Value::Null);
+
+        shared.with_call("livestream", "abc", |c| c.stop_broadcasting(&shared.clock));
+        let object = shared
+            .with_call("livestream", "abc", |c| {
+                call_object(c, "http://sim", "livestream", "abc")
+            })
+            .unwrap_or_default();
+        assert_eq!(object["egress"]["broadcasting"], false);
+        assert_eq!(object["egress"]["hls"], Value::Null);
+    }
+}

@@ -1,0 +1,90 @@
+//! The simulator's notion of time: real time plus an offset tests can push forward.
+//!
+//! Live playlists advance with this clock, so a test can make a broadcast move on by several segments with
+//! `SimHandle::advance_clock` instead of sleeping.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Default)]
+pub struct Clock {
+    offset: Mutex<Duration>,
+}
+
+impl Clock {
+    fn offset(&self) -> Duration {
+        *self.offset.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let mut offset = self.offset.lock().unwrap_or_else(|e| e.into_inner());
+        *offset = offset.saturating_add(by);
+    }
+
+    /// Monotonic time, for the live window.
+    pub fn now(&self) -> Instant {
+        let now = Instant::now();
+        // Only an absurd advance overflows; time then stands still rather than panicking.
+        now.checked_add(self.offset()).unwrap_or(now)
+    }
+
+    /// Wall-clock time in Unix milliseconds, for PROGRAM-DATE-TIME and the API's timestamps.
+    pub fn unix_ms(&self) -> i64 {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from((since_epoch + self.offset()).as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// `2024-05-01T12:00:00.000Z` for Unix milliseconds (proleptic Gregorian, UTC): the form Stream's API and
+/// `EXT-X-PROGRAM-DATE-TIME` use. Written out here to spare a date crate for one format.
+pub fn rfc3339_ms(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let millis = unix_ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339_ms(1_714_564_800_000), "2024-05-01T12:00:00.000Z");
+        assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn advancing_moves_both_clocks() {
+        let clock = Clock::default();
+        let (before, before_ms) = (clock.now(), clock.unix_ms());
+        clock.advance(Duration::from_secs(10));
+        assert!(clock.now() >= before + Duration::from_secs(10));
+        assert!(clock.unix_ms() >= before_ms + 10_000);
+    }
+}

@@ -1,0 +1,616 @@
+//! The simulator over real HTTP on 127.0.0.1:0, as the relay's tests will use it.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, StatusCode, redirect};
+use serde_json::{Value, json};
+use url::Url;
+
+use super::*;
+
+const CALL_TYPE: &str = "livestream";
+
+async fn sim() -> SimHandle {
+    start(SimConfig::default()).await.expect("simulator binds")
+}
+
+fn client() -> Client {
+    Client::builder()
+        .redirect(redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Calls the API as Stream's SDKs do, with `token` and the simulator's API key.
+async fn api(
+    sim: &SimHandle,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+) -> (StatusCode, Value) {
+    let url = format!(
+        "{}/api/v2/video/call/{CALL_TYPE}/{path}?api_key={}",
+        sim.base_url(),
+        sim.api_key()
+    );
+    let response = client()
+        .request(method, url)
+        .header("authorization", token)
+        .header("stream-auth-type", "jwt")
+        .send()
+        .await
+        .expect("api answers");
+    let status = response.status();
+    let body = response.text().await.expect("api body");
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+async fn get_call(sim: &SimHandle, id: &str) -> (StatusCode, Value) {
+    api(sim, reqwest::Method::GET, id, &sim.server_token()).await
+}
+
+async fn post(sim: &SimHandle, id: &str, action: &str, token: &str) -> (StatusCode, Value) {
+    api(sim, reqwest::Method::POST, &format!("{id}/{action}"), token).await
+}
+
+async fn fetch(url: &str) -> reqwest::Response {
+    client().get(url).send().await.expect("origin answers")
+}
+
+async fn text(url: &str) -> (StatusCode, String) {
+    let response = fetch(url).await;
+    (response.status(), response.text().await.unwrap_or_default())
+}
+
+/// URIs of a playlist, resolved against its URL.
+fn uris(base: &str, playlist: &str) -> Vec<String> {
+    let base = Url::parse(base).expect("playlist URL");
+    playlist
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| base.join(l).ok())
+        .map(String::from)
+        .collect()
+}
+
+fn media_sequence(playlist: &str) -> Option<u64> {
+    playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))?
+        .parse()
+        .ok()
+}
+
+fn stream_error(body: &Value, code: u64, status: u64) {
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["StatusCode"], status, "{body}");
+    assert!(
+        body["message"].is_string() && body["duration"].is_string(),
+        "{body}"
+    );
+    assert!(body["more_info"].is_string(), "{body}");
+    assert_eq!(body["details"], json!([]), "{body}");
+}
+
+#[tokio::test]
+async fn api_accepts_server_tokens_and_refuses_bad_credentials() {
+    let sim = sim().await;
+    sim.add_call(CALL_TYPE, "abc", CallSetup::default());
+
+    let (status, _) = get_call(&sim, "abc").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api(
+        &sim,
+        reqwest::Method::GET,
+        "abc",
+        &format!("Bearer {}", sim.server_token()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "a Bearer prefix is tolerated");
+
+    let url = format!(
+        "{}/api/v2/video/call/{CALL_TYPE}/abc?api_key=wrong",
+        sim.base_url()
+    );
+    let response = client()
+        .get(url)
+        .header("authorization", sim.server_token())
+        .send()
+        .await;
+    let response = response.expect("api answers");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    stream_error(
+        &serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or_default(),
+        2,
+        401,
+    );
+
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "server": true }),
+        &jsonwebtoken::EncodingKey::from_secret(b"not-the-secret"),
+    )
+    .unwrap_or_default();
+    let (status, body) = api(&sim, reqwest::Method::GET, "abc", &forged).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    stream_error(&body, 43, 401);
+
+    let (status, body) = api(&sim, reqwest::Method::GET, "abc", "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    stream_error(&body, 5, 401);
+    assert_eq!(
+        sim.api_requests(),
+        5,
+        "every get-call request counts, whatever its status"
+    );
+}
+
+#[tokio::test]
+async fn only_hosts_may_start_and_stop_broadcasts() {
+    let sim = sim().await;
+    sim.add_call(
+        CALL_TYPE,
+        "abc",
+        CallSetup {
+            broadcasting: false,
+            ..CallSetup::default()
+        },
+    );
+
+    let (status, body) = post(&sim, "abc", "start_broadcasting", &sim.user_token("alice")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    stream_error(&body, 17, 403);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("start-broadcast-call")),
+        "{body}"
+    );
+
+    let (status, body) = api(&sim, reqwest::Method::GET, "abc", &sim.user_token("alice")).await;
+    assert_eq!(status, StatusCode::OK, "viewers may read the call");
+    assert_eq!(body["own_capabilities"], json!(["join-call", "read-call"]));
+
+    let (status, body) = post(
+        &sim,
+        "abc",
+        "start_broadcasting",
+        &sim.user_token("host-bob"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["playlist_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/master.m3u8"))
+    );
+    let (status, body) = post(&sim, "abc", "stop_broadcasting", &sim.user_token("alice")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stop-broadcast-call")),
+        "{body}"
+    );
+    assert_eq!(sim.api_action_requests(), 3);
+}
+
+#[tokio::test]
+async fn unknown_calls_are_404_in_streams_error_shape() {
+    let sim = sim().await;
+    let (status, body) = get_call(&sim, "nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    stream_error(&body, 16, 404);
+    assert_eq!(
+        body["message"],
+        "GetCall failed with error: \"Can't find call with id nope\""
+    );
+    let (status, body) = post(&sim, "nope", "start_broadcasting", &sim.server_token()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    stream_error(&body, 16, 404);
+    assert!(!sim.start_broadcasting(CALL_TYPE, "nope"));
+    assert!(!sim.stop_broadcasting(CALL_TYPE, "nope"));
+    assert_eq!(sim.playlist_url(CALL_TYPE, "nope"), None);
+}
+
+#[tokio::test]
+async fn get_call_has_streams_shape() {
+    let sim = sim().await;
+    sim.add_call(CALL_TYPE, "abc", CallSetup::default());
+    let (status, body) = get_call(&sim, "abc").await;
+    assert_eq!(status, StatusCode::OK);
+    let call = &body["call"];
+    assert_eq!(call["cid"], "livestream:abc");
+    assert_eq!(call["type"], CALL_TYPE);
+    assert_eq!(call["id"], "abc");
+    assert_eq!(call["backstage"], false);
+    assert_eq!(call["egress"]["broadcasting"], true);
+    assert_eq!(
+        call["egress"]["hls"]["playlist_url"],
+        json!(sim.playlist_url(CALL_TYPE, "abc"))
+    );
+    assert_eq!(call["egress"]["rtmps"], json!([]));
+    assert!(call["session"]["live_started_at"].is_string());
+    assert_eq!(call["ended_at"], Value::Null);
+    assert!(body["members"].is_array());
+    assert!(body["own_capabilities"].is_array());
+    assert!(body["duration"].as_str().is_some_and(|d| d.ends_with("ms")));
+}
+
+#[tokio::test]
+async fn start_and_stop_change_state_and_url() {
+    let sim = sim().await;
+    sim.add_call(
+        CALL_TYPE,
+        "abc",
+        CallSetup {
+            broadcasting: false,
+            ..CallSetup::default()
+        },
+    );
+    let (_, body) = get_call(&sim, "abc").await;
+    assert_eq!(body["call"]["egress"]["broadcasting"], false);
+    assert_eq!(body["call"]["egress"]["hls"], Value::Null);
+
+    let token = sim.server_token();
+    let (status, started) = post(&sim, "abc", "start_broadcasting", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = get_call(&sim, "abc").await;
+    let first_url = body["call"]["egress"]["hls"]["playlist_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(body["call"]["egress"]["broadcasting"], true);
+    assert_eq!(started["playlist_url"], first_url.as_str());
+    assert!(first_url.starts_with(&format!("{}/cdn/livestream/abc/", sim.base_url())));
+    let media_url = uris(&first_url, &text(&first_url).await.1)[0].clone();
+    assert!(!text(&media_url).await.1.contains("#EXT-X-ENDLIST"));
+
+    let (status, _) = post(&sim, "abc", "stop_broadcasting", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = get_call(&sim, "abc").await;
+    assert_eq!(body["call"]["egress"]["broadcasting"], false);
+    assert_eq!(body["call"]["egress"]["hls"], Value::Null);
+    let (status, ended) = text(&media_url).await;
+    assert_eq!(status, StatusCode::OK, "the last window stays served");
+    assert!(ended.ends_with("#EXT-X-ENDLIST\n"));
+    assert_eq!(
+        text(&first_url).await.0,
+        StatusCode::OK,
+        "so does the master"
+    );
+
+    post(&sim, "abc", "start_broadcasting", &token).await;
+    let second_url = sim.playlist_url(CALL_TYPE, "abc").unwrap_or_default();
+    assert_ne!(second_url, first_url, "a restart gives a new URL");
+    assert_eq!(text(&first_url).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(text(&second_url).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn go_live_can_start_hls_and_stop_live_stops_it() {
+    let sim = sim().await;
+    sim.add_call(
+        CALL_TYPE,
+        "abc",
+        CallSetup {
+            broadcasting: false,
+            backstage: true,
+            ..CallSetup::default()
+        },
+    );
+    let url = format!(
+        "{}/api/v2/video/call/{CALL_TYPE}/abc/go_live?api_key=sim-key",
+        sim.base_url()
+    );
+    let response = client()
+        .post(url)
+        .header("authorization", sim.user_token("host-1"))
+        .header("stream-auth-type", "jwt")
+        .header("content-type", "application/json")
+        .body(r#"{"start_hls": true, "start_recording": true}"#)
+        .send()
+        .await
+        .expect("api answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let (_, body) = get_call(&sim, "abc").await;
+    assert_eq!(body["call"]["backstage"], false);
+    assert_eq!(body["call"]["egress"]["broadcasting"], true);
+
+    let (status, body) = post(&sim, "abc", "stop_live", &sim.server_token()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["call"]["backstage"], true);
+    assert_eq!(body["call"]["egress"]["broadcasting"], false);
+}
+
+#[tokio::test]
+async fn master_lists_renditions_and_the_live_playlist_advances() {
+    let sim = sim().await;
+    sim.add_call(CALL_TYPE, "abc", CallSetup::default());
+    let master_url = sim.playlist_url(CALL_TYPE, "abc").unwrap_or_default();
+    let response = fetch(&master_url).await;
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/vnd.apple.mpegurl"
+    );
+    let master = response.text().await.unwrap_or_default();
+    assert!(master.contains("URI=\"audio/index.m3u8\""));
+    let variants = uris(&master_url, &master);
+    assert_eq!(variants.len(), 2);
+    assert!(variants[0].ends_with("/v360/index.m3u8"));
+
+    let (status, before) = text(&variants[0]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        uris(&variants[0], &before).len(),
+        WINDOW_SEGMENTS as usize,
+        "full window at once"
+    );
+    assert!(before.contains("#EXT-X-TARGETDURATION:2\n"));
+    assert!(before.contains("#EXT-X-PROGRAM-DATE-TIME:"));
+    assert!(!before.contains("#EXT-X-ENDLIST"));
+    let first = media_sequence(&before).expect("media sequence");
+
+    sim.advance_clock(Duration::from_secs(2 * SEGMENT_SECS));
+    let (_, after) = text(&variants[0]).await;
+    // Two segments on, or three if real time crossed a segment boundary meanwhile.
+    let moved = media_sequence(&after).unwrap_or(0) - first;
+    assert!(moved == 2 || moved == 3, "moved by {moved}");
+    // The window slid: its head is a segment the old window listed.
+    let files = |p: &str| -> Vec<String> {
+        uris(&variants[0], p)
+            .iter()
+            .filter_map(|u| u.split('?').next().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(files(&after)[0], files(&before)[moved as usize]);
+}
+
+#[tokio::test]
+async fn signed_segments_are_served_and_unsigned_refused() {
+    let sim = sim().await;
+    sim.add_call(CALL_TYPE, "abc", CallSetup::default());
+    let master_url = sim.playlist_url(CALL_TYPE, "abc").unwrap_or_default();
+    let audio_url = master_url.replace("master.m3u8", "audio/index.m3u8");
+    let (_, playlist) = text(&audio_url).await;
+    let segments = uris(&audio_url, &playlist);
+    let signed = segments.last().cloned().unwrap_or_default();
+    assert!(signed.contains(".ts?sig="), "{signed}");
+
+    let response = fetch(&signed).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "video/mp2t");
+    assert!(response.headers().contains_key("cache-control"));
+    let length: usize = response.headers()["content-length"]
+        .to_str()
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let body = response.bytes().await.unwrap_or_default();
+    assert_eq!(body.len(), length);
+    assert_eq!(body.first(), Some(&0x47));
+
+    let unsigned = signed.split('?').next().unwrap_or_default().to_owned();
+    assert_eq!(fetch(&unsigned).await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        fetch(&format!("{unsigned}?sig=00")).await.status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // Far enough ahead that real time cannot catch up while the test runs.
+    let last = media_sequence(&playlist).unwrap_or(0) + WINDOW_SEGMENTS - 1;
+    let too_new = unsigned.replace(&format!("seg_{last:06}"), &format!("seg_{:06}", last + 100));
+    assert_ne!(too_new, unsigned);
+    assert_eq!(fetch(&too_new).await.status(), StatusCode::NOT_FOUND);
+
+    let path = Url::parse(&unsigned)
+        .map(|u| u.path().to_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        sim.origin_requests(&path),
+        3,
+        "counted by path without query, failures included"
+    );
+    assert_eq!(sim.total_origin_requests(), 5);
+    let stats: Value =
+        serde_json::from_str(&text(&format!("{}/_sim/stats", sim.base_url())).await.1)
+            .unwrap_or_default();
+    assert_eq!(stats["origin_requests"][&path], 3);
+    assert_eq!(stats["total_origin_requests"], 5);
+}
+
+#[tokio::test]
+async fn fmp4_broadcasts_map_an_init_section() {
+    let sim = sim().await;
+    sim.add_call(
+        CALL_TYPE,
+        "abc",
+        CallSetup {
+            flavour: Flavour::Fmp4,
+            ..CallSetup::default()
+        },
+    );
+    let media_url = sim
+        .playlist_url(CALL_TYPE, "abc")
+        .unwrap_or_default()
+        .replace("master.m3u8", "v180/index.m3u8");
+    let (_, playlist) = text(&media_url).await;
+    let map = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("EXT-X-MAP");
+    let init_url = Url::parse(&media_url)
+        .and_then(|u| u.join(map))
+        .map(String::from)
+        .unwrap_or_default();
+    let response = fetch(&init_url).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "video/mp4");
+    let init = response.bytes().await.unwrap_or_default();
+    assert_eq!(init.get(4..8), Some(b"ftyp".as_slice()));
+    let segment = uris(&media_url, &playlist)[0].clone();
+    assert!(segment.contains(".m4s?sig="));
+    assert_eq!(fetch(&segment).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_redirected_master_resolves_against_its_final_url() {
+    let sim = sim().await;
+    sim.add_call(
+        CALL_TYPE,
+        "abc",
+        CallSetup {
+            redirect_master: true,
+            ..CallSetup::default()
+        },
+    );
+    let playlist_url = sim.playlist_url(CALL_TYPE, "abc").unwrap_or_default();
+    let response = fetch(&playlist_url).await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let location = response.headers()["location"]
+        .to_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_ne!(location, playlist_url);
+    let (status, master) = text(&location).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text(&uris(&location, &master)[0]).await.0, StatusCode::OK);
+    assert_eq!(
+        text(&uris(&playlist_url, &master)[0]).await.0,
+        StatusCode::NOT_FOUND,
+        "wrong base URL"
+    );
+}
+
+#[tokio::test]
+async fn set_playlist_url_points_the_call_anywhere() {
+    let sim = sim().await;
+    sim.set_playlist_url(CALL_TYPE, "ext", "http://127.0.0.1:9/live/master.m3u8");
+    let (status, body) = get_call(&sim, "ext").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["call"]["egress"]["broadcasting"], true);
+    assert_eq!(
+        body["call"]["egress"]["hls"]["playlist_url"],
+        "http://127.0.0.1:9/live/master.m3u8"
+    );
+    assert!(sim.start_broadcasting(CALL_TYPE, "ext"));
+    assert!(
+        sim.playlist_url(CALL_TYPE, "ext")
+            .is_some_and(|u| u.starts_with(&sim.base_url()))
+    );
+}
+
+#[tokio::test]
+async fn faults_garbage_status_and_stall() {
+    let sim = sim().await;
+    sim.add_call(
+        CALL_TYPE,
+        "abc",
+        CallSetup {
+            signed_urls: false,
+            ..CallSetup::default()
+        },
+    );
+    let master_url = sim.playlist_url(CALL_TYPE, "abc").unwrap_or_default();
+    let segment_url = master_url.replace("master.m3u8", "v360/seg_000000.ts");
+
+    sim.set_fault(CALL_TYPE, "abc", OriginFault::GarbagePlaylists);
+    let response = fetch(&master_url).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/html"))
+    );
+    assert_eq!(
+        fetch(&segment_url).await.status(),
+        StatusCode::OK,
+        "segments are fine"
+    );
+
+    sim.set_fault(CALL_TYPE, "abc", OriginFault::Status(503));
+    assert_eq!(
+        fetch(&master_url).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        fetch(&segment_url).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    sim.set_fault(CALL_TYPE, "abc", OriginFault::Stall);
+    let stalled = client()
+        .get(&master_url)
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(stalled.is_err_and(|e| e.is_timeout()));
+    let pending = tokio::spawn(fetch_owned(segment_url.clone()));
+    let segment_path = Url::parse(&segment_url)
+        .map(|u| u.path().to_owned())
+        .unwrap_or_default();
+    wait_until(|| sim.origin_requests(&segment_path) == 3).await;
+    sim.shutdown();
+    assert_eq!(
+        pending.await.map(|r| r.status()).ok(),
+        Some(StatusCode::SERVICE_UNAVAILABLE)
+    );
+}
+
+/// Polls `condition` until it holds, for at most five seconds.
+async fn wait_until(condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not met in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// `fetch` takes &str; the spawned task needs an owned future.
+async fn fetch_owned(url: String) -> reqwest::Response {
+    fetch(&url).await
+}
+
+#[tokio::test]
+async fn faults_slow_and_truncated_bodies() {
+    let sim = sim().await;
+    sim.add_call(
+        CALL_TYPE,
+        "abc",
+        CallSetup {
+            signed_urls: false,
+            ..CallSetup::default()
+        },
+    );
+    let segment_url = sim
+        .playlist_url(CALL_TYPE, "abc")
+        .unwrap_or_default()
+        .replace("master.m3u8", "v180/seg_000001.ts");
+    let whole = fetch(&segment_url).await.bytes().await.unwrap_or_default();
+
+    let delay = Duration::from_millis(100);
+    sim.set_fault(CALL_TYPE, "abc", OriginFault::SlowBody(delay));
+    let http = client();
+    let began = Instant::now();
+    let response = http.get(&segment_url).send().await.expect("origin answers");
+    let headers_after = began.elapsed();
+    let slow = response.bytes().await.unwrap_or_default();
+    let body_after = began.elapsed();
+    assert_eq!(slow, whole);
+    // Headers and the first chunk at once, then seven pauses; generous bounds keep a loaded machine from failing it.
+    assert!(headers_after < 3 * delay, "headers after {headers_after:?}");
+    assert!(body_after >= 7 * delay, "body after {body_after:?}");
+
+    sim.set_fault(CALL_TYPE, "abc", OriginFault::TruncatedBody);
+    let response = fetch(&segment_url).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.content_length(), Some(whole.len() as u64));
+    assert!(response.bytes().await.is_err(), "the body ends early");
+
+    sim.set_fault(CALL_TYPE, "abc", OriginFault::None);
+    assert_eq!(
+        fetch(&segment_url).await.bytes().await.unwrap_or_default(),
+        whole
+    );
+}

@@ -1,0 +1,250 @@
+//! Test harness: a simulated Stream backend and a relay in front of it, both real HTTP servers on 127.0.0.1:0.
+#![allow(dead_code)] // each test binary uses its own subset of the helpers
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hls_relay::config::Config;
+use hls_relay::server::RunningRelay;
+use hls_relay::sim::{self, CallSetup, SimConfig, SimHandle};
+
+pub use hls_relay::sim::{Flavour, OriginFault};
+
+/// Upper bound on any wait in a test: conditions are polled, never slept on blindly.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct World {
+    pub sim: SimHandle,
+    pub relay: RunningRelay,
+    pub http: reqwest::Client,
+}
+
+impl World {
+    /// A simulator with a broadcasting MPEG-TS call `livestream:ts` and an fMP4 call `livestream:fmp4`, and a
+    /// relay wired to it.
+    pub async fn start() -> World {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> World {
+        let sim = sim::start(SimConfig::default())
+            .await
+            .expect("simulator starts");
+        sim.add_call("livestream", "ts", CallSetup::default());
+        sim.add_call(
+            "livestream",
+            "fmp4",
+            CallSetup {
+                flavour: Flavour::Fmp4,
+                ..CallSetup::default()
+            },
+        );
+        let relay = start_relay(&sim, tweak).await;
+        World {
+            sim,
+            relay,
+            http: client(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.relay.base_url())
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("relay answers")
+    }
+
+    /// GETs a playlist from the relay, asserting success and the playlist content type.
+    pub async fn playlist(&self, path: &str) -> String {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/vnd.apple.mpegurl"
+        );
+        response.text().await.unwrap()
+    }
+
+    /// Follows the entry playlist of `call` to its first variant's media playlist; returns (relay path, text).
+    pub async fn first_media_playlist(&self, call: &str) -> (String, String) {
+        let entry_path = format!("/hls/livestream/{call}/index.m3u8");
+        let master = self.playlist(&entry_path).await;
+        let variant = uri_lines(&master)[0].to_owned();
+        let path = resolve(&entry_path, &variant);
+        let text = self.playlist(&path).await;
+        (path, text)
+    }
+
+    /// Asserts an error response (status, JSON `{"error":{"code","message"}}`) and returns its headers.
+    pub async fn expect_error(
+        &self,
+        path: &str,
+        status: u16,
+        code: &str,
+    ) -> reqwest::header::HeaderMap {
+        assert_error(self.get(path).await, status, code).await
+    }
+}
+
+pub async fn assert_error(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> reqwest::header::HeaderMap {
+    let url = response.url().clone();
+    assert_eq!(response.status(), status, "status for {url}");
+    let headers = response.headers().clone();
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    assert_eq!(body["error"]["code"], code, "{url}: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    headers
+}
+
+pub async fn start_relay(sim: &SimHandle, tweak: impl FnOnce(&mut Config)) -> RunningRelay {
+    let mut config = Config::default();
+    config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.server.url_key = Some("test-url-key-0123456789".into());
+    config.stream.base_url = sim.base_url();
+    config.stream.api_key = Some(sim.api_key().to_owned());
+    config.stream.api_secret = Some(sim.api_secret().to_owned());
+    config.upstream.first_byte_timeout = Duration::from_secs(2);
+    tweak(&mut config);
+    config.validate().expect("test config is valid");
+    RunningRelay::start(config).await.expect("relay starts")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(PATIENCE)
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap()
+}
+
+/// The URI lines of a playlist (not tags, not blank lines).
+pub fn uri_lines(playlist: &str) -> Vec<&str> {
+    playlist
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
+}
+
+/// Values of `URI="…"` attributes in a playlist.
+pub fn uri_attributes(playlist: &str) -> Vec<String> {
+    playlist
+        .split("URI=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Resolves a relative reference against a relay path, as a player does.
+pub fn resolve(base_path: &str, reference: &str) -> String {
+    let base = url::Url::parse(&format!("http://relay{base_path}")).unwrap();
+    let joined = base.join(reference).unwrap();
+    joined[url::Position::BeforePath..].to_owned()
+}
+
+/// Polls `condition` until it holds or `PATIENCE` runs out.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A tiny origin serving fixed responses, for upstream shapes the simulator does not make (foreign hosts,
+/// hand-written playlists). Counts requests by path.
+#[derive(Clone)]
+pub struct FixedOrigin {
+    pub addr: SocketAddr,
+    routes: Arc<Mutex<HashMap<String, (u16, &'static str, Vec<u8>)>>>,
+    hits: Arc<Mutex<HashMap<String, u64>>>,
+    total: Arc<AtomicU64>,
+}
+
+impl FixedOrigin {
+    pub async fn start() -> FixedOrigin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = FixedOrigin {
+            addr: listener.local_addr().unwrap(),
+            routes: Arc::default(),
+            hits: Arc::default(),
+            total: Arc::default(),
+        };
+        let state = origin.clone();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let state = state.clone();
+            async move { state.answer(uri.path()) }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        origin
+    }
+
+    fn answer(&self, path: &str) -> Response {
+        *self
+            .hits
+            .lock()
+            .unwrap()
+            .entry(path.to_owned())
+            .or_default() += 1;
+        self.total.fetch_add(1, Ordering::SeqCst);
+        match self.routes.lock().unwrap().get(path) {
+            Some((status, content_type, body)) => (
+                StatusCode::from_u16(*status).unwrap(),
+                [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+                body.clone(),
+            )
+                .into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+
+    pub fn serve(
+        &self,
+        path: &str,
+        status: u16,
+        content_type: &'static str,
+        body: impl Into<Vec<u8>>,
+    ) {
+        self.routes
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), (status, content_type, body.into()));
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn requests(&self, path: &str) -> u64 {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.total.load(Ordering::SeqCst)
+    }
+}
