@@ -47,3 +47,38 @@ pub async fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error + S
     simulator.shutdown();
     Ok(())
 }
+
+/// `hls-relay sim`: the simulator alone, with calls pointing wherever the caller says.
+pub async fn run_simulator(
+    listen: SocketAddr,
+    calls: &[String],
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    telemetry::init_logging(&Config::default().log);
+    let simulator = sim::start(SimConfig {
+        listen,
+        ..SimConfig::default()
+    })
+    .await?;
+    if calls.is_empty() {
+        simulator.add_call("livestream", "demo", CallSetup::default());
+    }
+    for call in calls {
+        let (cid, url) = call
+            .split_once('=')
+            .ok_or_else(|| format!("--call {call}: expected TYPE:ID=URL"))?;
+        let (kind, id) = cid
+            .split_once(':')
+            .ok_or_else(|| format!("--call {call}: expected TYPE:ID=URL"))?;
+        url::Url::parse(url).map_err(|e| format!("--call {call}: {e}"))?;
+        simulator.set_playlist_url(kind, id, url);
+    }
+    println!(
+        "simulated Stream API on {} (api key {}, secret {})",
+        simulator.base_url(),
+        simulator.api_key(),
+        simulator.api_secret()
+    );
+    server::shutdown_signal().await;
+    simulator.shutdown();
+    Ok(())
+}

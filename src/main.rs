@@ -10,6 +10,9 @@ use hls_relay::{demo, server, telemetry};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Runtime worker threads (default: one per CPU). Benchmarks pin the relay to one core with 1.
+    #[arg(long, global = true)]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,15 +34,39 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Run only the simulated Stream API and origin (credentials sim-key / sim-secret), e.g. to point
+    /// `hls-relay serve` at it in benchmarks.
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        /// A broadcasting call whose playlist_url is any URL: `TYPE:ID=URL` (repeatable). Without it, the
+        /// simulator's own `livestream:demo` call is registered.
+        #[arg(long = "call", value_name = "TYPE:ID=URL")]
+        calls: Vec<String>,
+    },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve { config, listen } => serve(config, listen).await,
-        Command::Demo { listen } => demo::run(listen).await,
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(workers) = cli.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("hls-relay: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
     };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config, listen } => serve(config, listen).await,
+            Command::Demo { listen } => demo::run(listen).await,
+            Command::Sim { listen, calls } => demo::run_simulator(listen, &calls).await,
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -1267,6 +1267,23 @@ https://cdn.example.com/high/index.m3u8?token=a%3Db
         }
     }
 
+    #[test]
+    fn inspect_rejects_what_m3u8_rs_stops_reading_at() {
+        let body = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\na.ts\rb.ts\n#EXT-X-ENDLIST\n";
+        let result = inspect(body.as_bytes());
+        assert_eq!(result, Err(malformed("m3u8-rs cannot read line 4")));
+    }
+
+    #[test]
+    fn inspect_counts_segments_whose_titles_have_commas() {
+        let body = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,Artist, Title, Live\na.ts\n";
+        let expected = PlaylistInfo {
+            segment_count: 1,
+            ..media(2)
+        };
+        assert_eq!(inspect(body.as_bytes()), Ok(expected));
+    }
+
     // ---- properties ----
 
     #[derive(Debug, Clone)]
@@ -1370,6 +1387,41 @@ https://cdn.example.com/high/index.m3u8?token=a%3Db
     }
 
     const MARKER: &str = "\u{2603}";
+    /// A media playlist and the segments and trailing parts it lists.
+    fn media_playlist() -> impl Strategy<Value = (String, usize, usize)> {
+        let item = prop_oneof![
+            Just(("#EXTINF:2.000,\nseg.ts", 1, false)),
+            Just((
+                "#EXTINF:2.000,Artist, Title\n#EXT-X-PROGRAM-DATE-TIME:2024-01-01T00:00:00Z\nseg.ts?a=1",
+                1,
+                false
+            )),
+            Just((
+                "#EXTINF:2,\n#EXT-X-BYTERANGE:100@0\n# note\n\nseg.mp4",
+                1,
+                false
+            )),
+            Just(("#EXT-X-PART:DURATION=0.5,URI=\"p.mp4\"", 0, true)),
+            Just(("#EXT-X-DISCONTINUITY", 0, false)),
+            Just(("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p.mp4\"", 0, false)),
+        ];
+        let ending = prop_oneof![Just("\n"), Just("\r\n")];
+        prop::collection::vec((item, ending), 0..30).prop_map(|items| {
+            let mut body = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:2\n");
+            let (mut segments, mut trailing_parts) = (0, 0);
+            for ((text, new_segments, part), ending) in items {
+                body.push_str(&text.replace('\n', ending));
+                body.push_str(ending);
+                segments += new_segments;
+                trailing_parts = if new_segments > 0 {
+                    0
+                } else {
+                    trailing_parts + usize::from(part)
+                };
+            }
+            (body, segments, trailing_parts)
+        })
+    }
 
     proptest! {
         #[test]
@@ -1399,6 +1451,25 @@ https://cdn.example.com/high/index.m3u8?token=a%3Db
             let body = joined(&pieces, true);
             let out = rewrite(body.as_bytes(), |_, uri| Some(uri.to_owned())).unwrap();
             prop_assert_eq!(out, body.into_bytes());
+        }
+
+        #[test]
+        fn inspect_counts_the_segment_lines_that_rewrite_maps((body, segments, parts) in media_playlist()) {
+            let info = inspect(body.as_bytes()).unwrap();
+            prop_assert_eq!(info.segment_count, segments);
+            prop_assert_eq!(info.trailing_parts, parts);
+            let mut segment_lines = 0;
+            rewrite(body.as_bytes(), |site, _| {
+                segment_lines += usize::from(site == UriSite::SegmentLine);
+                None
+            })
+            .unwrap();
+            prop_assert_eq!(segment_lines, segments);
+        }
+
+        #[test]
+        fn find_byte_finds_the_first_match(haystack in prop::collection::vec(prop_oneof![Just(b'\n'), Just(b':'), any::<u8>()], 0..80), byte in prop_oneof![Just(b'\n'), Just(b':'), any::<u8>()]) {
+            prop_assert_eq!(find_byte(&haystack, byte), haystack.iter().position(|&b| b == byte));
         }
 
         #[test]
