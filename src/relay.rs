@@ -388,14 +388,20 @@ impl Relay {
         let content_type = policy::media_content_type(file, upstream_type.as_deref());
         let content_type = HeaderValue::from_str(content_type)
             .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-        let upstream_etag = response.headers.get(header::ETAG).cloned();
+        // Media bytes at a URL never change, so without upstream's validator the URL itself is one; it is
+        // known before the body, so streamed and cached responses carry the same ETag.
+        let etag = response
+            .headers
+            .get(header::ETAG)
+            .cloned()
+            .unwrap_or_else(|| etag_for(target.url.as_str().as_bytes()));
         let cache_control = HeaderValue::try_from(freshness.cache_control()).expect("ASCII");
         let expected = response.content_length();
         writer.start_stream(StreamHead {
             content_type: content_type.clone(),
             cache_control,
             content_length: expected,
-            etag: upstream_etag.clone(),
+            etag: Some(etag.clone()),
         });
         let max = self.inner.config.upstream.max_object_bytes.as_u64();
         let mut whole = BytesMut::with_capacity(expected.unwrap_or(0).min(max) as usize);
@@ -418,7 +424,7 @@ impl Relay {
             whole.freeze(),
             content_type,
             freshness,
-            upstream_etag,
+            Some(etag),
             freshness.fresh_for,
         ));
     }

@@ -13,6 +13,7 @@ use hls_relay::config::Config;
 use hls_relay::server::RunningRelay;
 use hls_relay::sim::{self, CallSetup, SimConfig, SimHandle};
 
+#[allow(unused_imports)] // not every test binary injects faults
 pub use hls_relay::sim::{Flavour, OriginFault};
 
 /// Upper bound on any wait in a test: conditions are polled, never slept on blindly.
@@ -178,10 +179,13 @@ where
 
 /// A tiny origin serving fixed responses, for upstream shapes the simulator does not make (foreign hosts,
 /// hand-written playlists). Counts requests by path.
+/// A canned response: status, content type, body.
+type Canned = (u16, &'static str, Vec<u8>);
+
 #[derive(Clone)]
 pub struct FixedOrigin {
     pub addr: SocketAddr,
-    routes: Arc<Mutex<HashMap<String, (u16, &'static str, Vec<u8>)>>>,
+    routes: Arc<Mutex<HashMap<String, Canned>>>,
     hits: Arc<Mutex<HashMap<String, u64>>>,
     total: Arc<AtomicU64>,
 }

@@ -1,0 +1,341 @@
+//! The relay as a cache and as an HTTP origin: coalescing, freshness, validators, ranges, CORS, compression.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::future::join_all;
+use reqwest::header;
+
+/// The relay path of the newest segment of the first rendition of `call`.
+async fn newest_segment(world: &World, call: &str) -> (String, String) {
+    let (media_path, media) = world.first_media_playlist(call).await;
+    let segment = *uri_lines(&media).last().unwrap();
+    let origin_path = url::Url::parse(&format!("http://x/{segment}"))
+        .unwrap()
+        .path()
+        .to_owned();
+    let file = origin_path.rsplit('/').next().unwrap().to_owned();
+    (resolve(&media_path, segment), file)
+}
+
+/// The origin path (as the simulator counts it) of the upstream object behind a relay path.
+fn origin_path_of(world: &World, relay_path: &str, rendition_hint: &str) -> String {
+    let file = relay_path.rsplit('/').next().unwrap();
+    let master = world.sim.playlist_url("livestream", "ts").unwrap();
+    let base = url::Url::parse(&master).unwrap();
+    base.join(&format!("{rendition_hint}/{file}"))
+        .unwrap()
+        .path()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_viewers_of_a_new_segment_cause_one_upstream_fetch() {
+    let world = World::start().await;
+    // A slow body keeps the fill in flight while the viewers arrive, as on a distant origin.
+    world.sim.set_fault(
+        "livestream",
+        "ts",
+        OriginFault::SlowBody(Duration::from_millis(50)),
+    );
+    let (segment_path, _) = newest_segment(&world, "ts").await;
+    let before = world.sim.total_origin_requests();
+
+    let viewers = (0..200).map(|_| async {
+        let response = world.get(&segment_path).await;
+        assert_eq!(response.status(), 200);
+        let cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
+        (cache, response.bytes().await.unwrap())
+    });
+    let results = join_all(viewers).await;
+
+    assert_eq!(
+        world.sim.total_origin_requests() - before,
+        1,
+        "one upstream fetch for 200 viewers"
+    );
+    let first = &results[0].1;
+    assert!(
+        results.iter().all(|(_, body)| body == first),
+        "every viewer got the same bytes"
+    );
+    let misses = results.iter().filter(|(cache, _)| cache == "MISS").count();
+    assert_eq!(misses, 1);
+}
+
+#[tokio::test]
+async fn segments_are_cached_long_and_playlists_briefly() {
+    let world = World::start().await;
+    let (media_path, _) = world.first_media_playlist("ts").await;
+    let (segment_path, file) = newest_segment(&world, "ts").await;
+    let origin_path = origin_path_of(&world, &segment_path, "v360");
+
+    let first = world.get(&segment_path).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()[header::CONTENT_TYPE], "video/mp2t");
+    let cache_control = first.headers()[header::CACHE_CONTROL]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cache_control.contains("immutable") && cache_control.contains("max-age=1209600"));
+    let body = first.bytes().await.unwrap();
+
+    let again = world.get(&segment_path).await;
+    assert_eq!(again.headers()["x-cache"], "HIT");
+    assert!(again.headers().contains_key(header::AGE));
+    assert_eq!(again.bytes().await.unwrap(), body);
+    assert_eq!(
+        world.sim.origin_requests(&origin_path),
+        1,
+        "{origin_path} ({file}) fetched once"
+    );
+
+    // Target duration 2 s: a live media playlist is fresh for 1 s, here and downstream.
+    let playlist = world.get(&media_path).await;
+    assert_eq!(
+        playlist.headers()[header::CACHE_CONTROL],
+        "public, max-age=1"
+    );
+    let fetched_at = world.sim.total_origin_requests();
+    let hit = world.get(&media_path).await;
+    let refetched = world.sim.total_origin_requests() - fetched_at;
+    assert!(hit.headers()["x-cache"] == "HIT" || refetched == 1);
+
+    // And it is refreshed once stale: the window moves.
+    let before = world.playlist(&media_path).await;
+    eventually("the relayed media playlist advances", || async {
+        world.playlist(&media_path).await != before
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn etag_revalidation_answers_304() {
+    let world = World::start().await;
+    let (segment_path, _) = newest_segment(&world, "ts").await;
+    let response = world.get(&segment_path).await;
+    let etag = response.headers()[header::ETAG].clone();
+    let _ = response.bytes().await;
+    let response = world
+        .http
+        .get(world.url(&segment_path))
+        .header(header::IF_NONE_MATCH, etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 304);
+    assert_eq!(response.headers()[header::ETAG], etag);
+    assert!(response.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn ranges_are_served_from_cached_media() {
+    let world = World::start().await;
+    let (segment_path, _) = newest_segment(&world, "ts").await;
+    let whole = world.get(&segment_path).await.bytes().await.unwrap();
+    let ranged = |range: &'static str| {
+        world
+            .http
+            .get(world.url(&segment_path))
+            .header(header::RANGE, range)
+            .send()
+    };
+    let response = ranged("bytes=188-375").await.unwrap();
+    assert_eq!(response.status(), 206);
+    assert_eq!(
+        response.headers()[header::CONTENT_RANGE],
+        format!("bytes 188-375/{}", whole.len()).as_str()
+    );
+    assert_eq!(response.bytes().await.unwrap(), whole.slice(188..376));
+
+    let response = ranged("bytes=99999999-").await.unwrap();
+    assert_eq!(response.status(), 416);
+}
+
+#[tokio::test]
+async fn a_range_on_an_uncached_segment_is_cut_from_the_fill() {
+    let world = World::start().await;
+    let (segment_path, _) = newest_segment(&world, "ts").await;
+    let response = world
+        .http
+        .get(world.url(&segment_path))
+        .header(header::RANGE, "bytes=0-187")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 206);
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(bytes.len(), 188);
+    assert_eq!(bytes[0], 0x47);
+}
+
+#[tokio::test]
+async fn head_requests_get_headers_only() {
+    let world = World::start().await;
+    let (segment_path, _) = newest_segment(&world, "ts").await;
+    let length = world.get(&segment_path).await.bytes().await.unwrap().len();
+    let response = world
+        .http
+        .head(world.url(&segment_path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()[header::CONTENT_LENGTH],
+        length.to_string().as_str()
+    );
+    assert!(response.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn browsers_may_read_every_response_and_preflights_are_answered() {
+    let world = World::start().await;
+    let response = world
+        .http
+        .get(world.url("/hls/livestream/ts/index.m3u8"))
+        .header(header::ORIGIN, "https://player.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    let exposed = response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+        .to_str()
+        .unwrap();
+    assert!(exposed.to_ascii_lowercase().contains("age"), "{exposed}");
+
+    let preflight = world
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            world.url("/hls/livestream/ts/index.m3u8"),
+        )
+        .header(header::ORIGIN, "https://player.example.com")
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "range")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    let methods = preflight.headers()[header::ACCESS_CONTROL_ALLOW_METHODS]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("GET"));
+
+    // Errors are readable by pages too.
+    let error = world
+        .http
+        .get(world.url("/hls/livestream/nosuchcall/index.m3u8"))
+        .header(header::ORIGIN, "https://player.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+}
+
+#[tokio::test]
+async fn configured_origins_are_the_only_ones_allowed() {
+    let world =
+        World::start_with(|c| c.cors.allowed_origins = vec!["https://good.example.com".into()])
+            .await;
+    let ask = |origin: &'static str| {
+        world
+            .http
+            .get(world.url("/hls/livestream/ts/index.m3u8"))
+            .header(header::ORIGIN, origin)
+            .send()
+    };
+    let good = ask("https://good.example.com").await.unwrap();
+    assert_eq!(
+        good.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://good.example.com"
+    );
+    let bad = ask("https://evil.example.com").await.unwrap();
+    assert!(
+        !bad.headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    );
+}
+
+#[tokio::test]
+async fn playlists_are_compressed_when_accepted_and_media_never() {
+    let world = World::start().await;
+    let raw = reqwest::Client::builder().no_gzip().build().unwrap();
+    let playlist = raw
+        .get(world.url("/hls/livestream/ts/index.m3u8"))
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(playlist.headers()[header::CONTENT_ENCODING], "gzip");
+    let (segment_path, _) = newest_segment(&world, "ts").await;
+    let segment = raw
+        .get(world.url(&segment_path))
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(!segment.headers().contains_key(header::CONTENT_ENCODING));
+}
+
+#[tokio::test]
+async fn relay_urls_work_on_another_instance_sharing_the_key() {
+    let world = World::start().await;
+    let (segment_path, _) = newest_segment(&world, "ts").await;
+    let twin = start_relay(&world.sim, |_| {}).await;
+    let response = world
+        .http
+        .get(format!("{}{segment_path}", twin.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let stranger = start_relay(&world.sim, |c| {
+        c.server.url_key = Some("a-different-key-entirely".into())
+    })
+    .await;
+    let response = world
+        .http
+        .get(format!("{}{segment_path}", stranger.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_cache_outcomes_and_upstream_fetches() {
+    let world = World::start().await;
+    let (segment_path, _) = newest_segment(&world, "ts").await;
+    for _ in 0..3 {
+        let _ = world.get(&segment_path).await.bytes().await;
+    }
+    let metrics = world.get("/metrics").await.text().await.unwrap();
+    for needle in [
+        "hls_relay_requests_total{route=\"hls_object\",status=\"200\"}",
+        "hls_relay_cache_lookups_total{outcome=\"hit\"}",
+        "hls_relay_cache_lookups_total{outcome=\"miss\"}",
+        "hls_relay_upstream_requests_total{status=\"200\"}",
+        "hls_relay_upstream_response_seconds_bucket",
+        "hls_relay_api_lookups_total{outcome=\"live\"}",
+        "hls_relay_cache_bytes",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
+    }
+    assert_eq!(world.get("/healthz").await.status(), 200);
+    assert_eq!(world.get("/readyz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn concurrent_call_lookups_share_one_api_request() {
+    let world = World::start().await;
+    let before = world.sim.api_requests();
+    let lookups = (0..50).map(|_| world.get("/v1/calls/livestream/ts"));
+    for response in join_all(lookups).await {
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(world.sim.api_requests() - before, 1);
+}
