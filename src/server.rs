@@ -210,11 +210,15 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     if path.len() > MAX_PATH_LEN {
         return Err("request path too long");
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%00", "\\"]
-        .iter()
-        .any(|bad| lower.contains(bad))
-    {
+    let bytes = path.as_bytes();
+    let encoded_separator = bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'e' | b'f') | (b'5', b'c') | (b'0', b'0')
+            )
+    });
+    if encoded_separator || bytes.contains(&b'\\') {
         return Err("encoded dots, slashes, backslashes and NULs are not allowed in paths");
     }
     if path
@@ -307,12 +311,8 @@ fn public_base(config: &Config, headers: &HeaderMap, uri: &Uri) -> String {
 
 /// `GET /hls/{type}/{id}/index.m3u8` and `GET /hls/{type}/{id}/{token}/{file}`. The raw path is used, not
 /// a decoded one: signatures cover the URL exactly as the relay wrote it.
-async fn hls(
-    State(relay): State<Relay>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, RelayError> {
-    let path = uri.path();
+async fn hls(State(relay): State<Relay>, request: Request) -> Result<Response, RelayError> {
+    let (path, headers) = (request.uri().path(), request.headers());
     let rest = path.strip_prefix("/hls/").unwrap_or_default();
     let mut parts = rest.splitn(4, '/');
     let (kind, id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -329,7 +329,7 @@ async fn hls(
     let served = tokio::time::timeout(relay.config().server.request_timeout, work)
         .await
         .map_err(|_| RelayError::UpstreamTimeout("no response from upstream in time".into()))??;
-    Ok(render(served, &headers).await)
+    Ok(render(served, headers).await)
 }
 
 async fn render(served: Served, request: &HeaderMap) -> Response {
