@@ -15,6 +15,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
 
 use crate::cache::CachedObject;
 use crate::call::CallId;
@@ -231,14 +232,35 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
 }
 
 /// Counts every response by route and status.
+/// Counts every response by route and status, and traces each request in a span (at debug level, so that a
+/// busy relay pays nothing for it unless asked: `log.level = "hls_relay=debug,info"`).
 async fn observe(State(relay): State<Relay>, request: Request, next: Next) -> Response {
     let route = route_label(request.uri().path());
-    let response = next.run(request).await;
+    let span = tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        route,
+    );
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
     relay
         .metrics()
         .requests
-        .with_label_values(&[route, response.status().as_str()])
+        .with_label_values(&[route, status.as_str()])
         .inc();
+    span.in_scope(|| {
+        tracing::debug!(
+            status = status.as_u16(),
+            cache = response
+                .headers()
+                .get(&X_CACHE)
+                .and_then(|v| v.to_str().ok()),
+            micros = started.elapsed().as_micros() as u64,
+            "served"
+        )
+    });
     response
 }
 
