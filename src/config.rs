@@ -358,4 +358,36 @@ mod tests {
         let message = Config::default().credentials().unwrap_err().to_string();
         assert!(message.contains("STREAM_API_KEY") && message.contains("hls-relay demo"));
     }
+
+    #[test]
+    fn environment_overrides_the_file_and_names_keys_by_section() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "relay.toml",
+                "[server]\nlisten = \"127.0.0.1:9000\"\n[cache]\nmax_bytes = \"64MiB\"\n",
+            )?;
+            jail.set_env("HLS_RELAY_CACHE__MAX_BYTES", "2GiB");
+            jail.set_env("HLS_RELAY_UPSTREAM__ALLOWED_HOSTS", "[\"cdn.example.com\"]");
+            jail.set_env("STREAM_API_KEY", "key");
+            jail.set_env("STREAM_API_SECRET", "secret");
+            let config = Config::load(Some(Path::new("relay.toml"))).unwrap();
+            assert_eq!(config.server.listen, "127.0.0.1:9000".parse().unwrap());
+            assert_eq!(config.cache.max_bytes, ByteSize::gib(2));
+            assert_eq!(
+                config.upstream.allowed_hosts,
+                vec!["cdn.example.com".to_owned()]
+            );
+            assert_eq!(
+                config.credentials().unwrap(),
+                ("key".into(), "secret".into())
+            );
+
+            jail.set_env("HLS_RELAY_SERVER__PUBLIC_URL", "ftp://nope");
+            let message = Config::load(Some(Path::new("relay.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains("server.public_url"), "{message}");
+            Ok(())
+        });
+    }
 }
