@@ -31,6 +31,8 @@ pub struct CachedObject {
     pub fresh_until: Instant,
     /// How long the entry stays in memory: past `fresh_until` a stale copy helps only while a refresh is in flight.
     pub keep_for: Duration,
+    /// A media playlist without EXT-X-ENDLIST: the one kind that must be ended when its broadcast stops.
+    pub live_playlist: bool,
 }
 
 impl CachedObject {
@@ -371,8 +373,31 @@ impl Cache {
             .invalidate_entries_if(move |key, _| key.starts_with(&prefix));
     }
 
+    /// The cached object, fresh or not, without starting anything.
+    pub fn peek(&self, key: &str) -> Option<Arc<CachedObject>> {
+        self.inner.store.get(key)
+    }
+
     pub fn invalidate(&self, key: &str) {
         self.inner.store.invalidate(key);
+    }
+
+    /// Replaces every cached object under `prefix` for which `replace` returns a new version.
+    pub fn replace_under(
+        &self,
+        prefix: &str,
+        mut replace: impl FnMut(&CachedObject) -> Option<CachedObject>,
+    ) {
+        let replacements: Vec<(Arc<str>, CachedObject)> = self
+            .inner
+            .store
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .filter_map(|(key, object)| replace(&object).map(|new| (Arc::clone(&*key), new)))
+            .collect();
+        for (key, object) in replacements {
+            self.inner.store.insert(key, Arc::new(object));
+        }
     }
 
     /// Bytes and entries held, after pending maintenance.
@@ -405,6 +430,7 @@ mod tests {
             stored_at: now,
             fresh_until: now + fresh_for,
             keep_for: fresh_for + Duration::from_secs(60),
+            live_playlist: false,
         }
     }
 

@@ -20,6 +20,10 @@ pub enum RelayError {
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
+    InvalidSignature(String),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
     UpstreamError(String),
     #[error("upstream sent an invalid playlist: {0}")]
     BadUpstreamPlaylist(String),
@@ -35,6 +39,8 @@ impl RelayError {
                 StatusCode::NOT_FOUND
             }
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamError(_) | Self::BadUpstreamPlaylist(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -47,6 +53,8 @@ impl RelayError {
             Self::NotBroadcasting { .. } => "not_broadcasting",
             Self::NotFound(_) => "not_found",
             Self::Forbidden(_) => "forbidden",
+            Self::InvalidSignature(_) => "invalid_signature",
+            Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UpstreamError(_) => "upstream_error",
             Self::BadUpstreamPlaylist(_) => "bad_upstream_playlist",
             Self::UpstreamTimeout(_) => "upstream_timeout",

@@ -704,8 +704,40 @@ fn media_info(
     })
 }
 
+/// The playlist with `#EXT-X-ENDLIST` appended, in its own line-ending style, so players finish instead of
+/// polling a broadcast that has stopped. Already-ended playlists come back unchanged.
+pub fn with_endlist(body: &[u8]) -> Vec<u8> {
+    let mut out = body.to_vec();
+    let has_endlist = body
+        .split(|&b| b == b'\n')
+        .any(|line| line.trim_ascii() == b"#EXT-X-ENDLIST");
+    if has_endlist {
+        return out;
+    }
+    let newline: &[u8] = if body.windows(2).any(|w| w == b"\r\n") {
+        b"\r\n"
+    } else {
+        b"\n"
+    };
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.extend_from_slice(newline);
+    }
+    out.extend_from_slice(b"#EXT-X-ENDLIST");
+    out.extend_from_slice(newline);
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn endlist_is_appended_once_in_the_playlists_line_style() {
+        let live = b"#EXTM3U\r\n#EXT-X-TARGETDURATION:2\r\n#EXTINF:2,\r\na.ts";
+        let ended = super::with_endlist(live);
+        assert!(ended.ends_with(b"a.ts\r\n#EXT-X-ENDLIST\r\n"));
+        assert_eq!(super::with_endlist(&ended), ended);
+        assert!(super::inspect(&ended).unwrap().ended);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -41,7 +41,7 @@ pub fn playlist_freshness(info: &PlaylistInfo, config: &CacheConfig) -> Freshnes
         return seconds(config.master_ttl, false);
     }
     if info.ended {
-        return seconds(config.ended_playlist_ttl, false);
+        return ended_playlist_freshness(config);
     }
     // LL-HLS playlists change with every part: a part target (≤ 1 s typically) bounds staleness instead.
     let change_interval = match (info.part_target, info.target_duration) {
@@ -50,6 +50,10 @@ pub fn playlist_freshness(info: &PlaylistInfo, config: &CacheConfig) -> Freshnes
         (None, None) => MIN_LIVE_PLAYLIST_FRESHNESS,
     };
     seconds(change_interval.max(MIN_LIVE_PLAYLIST_FRESHNESS), false)
+}
+
+pub fn ended_playlist_freshness(config: &CacheConfig) -> Freshness {
+    seconds(config.ended_playlist_ttl, false)
 }
 
 pub fn media_freshness(config: &CacheConfig) -> Freshness {

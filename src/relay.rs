@@ -24,12 +24,14 @@ use crate::cache::{
 use crate::call::CallId;
 use crate::config::Config;
 use crate::error::RelayError;
-use crate::playlist::{self, UriSite};
+use crate::live::{CallEvent, CallHub};
+use crate::playlist::{self, PlaylistKind, UriSite};
 use crate::policy::{self, Freshness, PLAYLIST_CONTENT_TYPE};
-use crate::resolver::{Resolution, Resolver};
+use crate::resolver::{Applied, Resolution, Resolver};
 use crate::telemetry::{CacheOutcome, Metrics};
 use crate::upstream::{HostPolicy, Upstream, UpstreamError, UpstreamResponse};
-use crate::urlmap::{MapError, ObjectKind, PlaylistLocation, UrlSigner};
+use crate::urlmap::{ENTRY_PLAYLIST, MapError, ObjectKind, PlaylistLocation, UrlSigner};
+use crate::webhook;
 
 /// How long an expired playlist is kept to answer with when its refresh fails (marked stale).
 const STALE_IF_ERROR: Duration = Duration::from_secs(30);
@@ -57,6 +59,11 @@ pub struct Relay {
 
 struct Inner {
     config: Config,
+    hub: CallHub,
+    /// The state each call was last seen in, to act once on each change.
+    seen: moka::sync::Cache<CallId, Resolution>,
+    /// Calls being polled for watching pages.
+    polled: std::sync::Mutex<std::collections::HashSet<CallId>>,
     cache: Cache,
     resolver: Resolver,
     upstream: Upstream,
@@ -76,6 +83,12 @@ impl Relay {
         Self {
             inner: Arc::new(Inner {
                 config,
+                hub: CallHub::default(),
+                seen: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_idle(Duration::from_secs(3600))
+                    .build(),
+                polled: Default::default(),
                 cache,
                 resolver,
                 upstream,
@@ -97,8 +110,139 @@ impl Relay {
         &self.inner.cache
     }
 
+    /// The call's resolution; any change from what the relay saw before is acted on (see [`Self::observe`]).
     pub async fn resolve(&self, call: &CallId) -> Result<Resolution, RelayError> {
-        self.inner.resolver.resolve(call).await
+        let resolution = self.inner.resolver.resolve(call).await?;
+        self.observe(call, &resolution, false);
+        Ok(resolution)
+    }
+
+    pub fn hub(&self) -> &CallHub {
+        &self.inner.hub
+    }
+
+    /// Applies a verified webhook event at once (no API round-trip when it says enough) and returns the outcome
+    /// for metrics: `applied`, `stale` (older than what the call already had) or `ignored`.
+    pub async fn apply_webhook(&self, event: &webhook::Event) -> &'static str {
+        let call = &event.call;
+        let (resolution, failed) = match &event.action {
+            webhook::Action::Ignored => return "ignored",
+            webhook::Action::Started { playlist_url } => (
+                playlist_url
+                    .clone()
+                    .map(|playlist_url| Resolution::Live { playlist_url }),
+                false,
+            ),
+            webhook::Action::Stopped => (Some(Resolution::NotBroadcasting), false),
+            webhook::Action::Failed => (Some(Resolution::NotBroadcasting), true),
+        };
+        let applied = self
+            .inner
+            .resolver
+            .apply_event(call, resolution.clone(), event.created_at)
+            .await;
+        if applied == Applied::Stale {
+            return "stale";
+        }
+        match resolution {
+            Some(resolution) => self.observe(call, &resolution, failed),
+            None => {
+                // Started, but the event did not say where: ask the API now rather than on the next viewer.
+                let relay = self.clone();
+                let call = call.clone();
+                tokio::spawn(async move { relay.resolve(&call).await });
+            }
+        }
+        "applied"
+    }
+
+    /// Keeps a watched call's state current without webhooks: while pages watch it, the call is resolved every
+    /// `stream.call_ttl` (one API request per call and period, however many pages watch).
+    pub fn watch(&self, call: &CallId) {
+        if !self
+            .inner
+            .polled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(call.clone())
+        {
+            return;
+        }
+        let relay = self.clone();
+        let call = call.clone();
+        tokio::spawn(async move {
+            let period = relay.inner.resolver.ttl();
+            while relay.inner.hub.is_watched(&call) {
+                tokio::time::sleep(period).await;
+                let _ = relay.resolve(&call).await;
+            }
+            relay
+                .inner
+                .polled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&call);
+        });
+    }
+
+    /// Acts on a call's state as the relay learns it (from the API or a webhook): when a broadcast starts or moves
+    /// to a new playlist URL, the stable entry URL follows it; when it stops, players polling its live playlists
+    /// get them once more with EXT-X-ENDLIST, so they finish instead of stalling. Pages watching the call are told.
+    fn observe(&self, call: &CallId, now: &Resolution, failed: bool) {
+        let before = self.inner.seen.get(call);
+        if before.as_ref() == Some(now) {
+            return;
+        }
+        self.inner.seen.insert(call.clone(), now.clone());
+        let prefix = format!("/hls/{}/{}/", call.kind(), call.id());
+        let event = match now {
+            Resolution::Live { .. } => {
+                self.inner
+                    .cache
+                    .invalidate(&format!("{prefix}{ENTRY_PLAYLIST}"));
+                CallEvent::BroadcastingStarted
+            }
+            Resolution::NotBroadcasting | Resolution::NotFound => {
+                self.end_live_playlists(&prefix);
+                if failed {
+                    CallEvent::BroadcastingFailed
+                } else {
+                    CallEvent::BroadcastingStopped
+                }
+            }
+        };
+        let was_live = matches!(before, Some(Resolution::Live { .. }));
+        let is_live = matches!(now, Resolution::Live { .. });
+        if before.is_some() && (was_live || is_live) {
+            tracing::info!(cid = %call, event = event.name(), "broadcast state changed");
+            self.inner.hub.publish(call, event);
+        }
+    }
+
+    fn end_live_playlists(&self, prefix: &str) {
+        // A multivariant entry playlist would start new viewers on a stream that has ended: drop it.
+        let entry = format!("{prefix}{ENTRY_PLAYLIST}");
+        if self
+            .inner
+            .cache
+            .peek(&entry)
+            .is_some_and(|o| !o.live_playlist)
+        {
+            self.inner.cache.invalidate(&entry);
+        }
+        let freshness = policy::ended_playlist_freshness(&self.inner.config.cache);
+        self.inner.cache.replace_under(prefix, |object| {
+            object.live_playlist.then(|| {
+                stored(
+                    object.status,
+                    Bytes::from(playlist::with_endlist(&object.body)),
+                    object.content_type.clone(),
+                    freshness,
+                    None,
+                    freshness.fresh_for,
+                )
+            })
+        });
     }
 
     fn not_broadcasting(&self, call: &CallId) -> RelayError {
@@ -129,6 +273,7 @@ impl Relay {
                             call: &call,
                             url: playlist_url.clone(),
                             location: PlaylistLocation::Entry,
+                            ended: false,
                         };
                         relay.fill_playlist(writer, target, &playlist_url).await
                     }
@@ -179,6 +324,7 @@ impl Relay {
                     call: &call,
                     url: object.url,
                     location: PlaylistLocation::Object,
+                    ended: false,
                 };
                 relay.fill_object(writer, target, object.kind, &file).await
             });
@@ -270,17 +416,20 @@ impl Relay {
         kind: ObjectKind,
         file: &str,
     ) {
-        let playlist_url = match self.resolve(target.call).await {
-            Ok(Resolution::Live { playlist_url }) => Some(playlist_url),
-            Ok(_) => None,
+        // After a broadcast stops, players finishing it still fetch from its last playlist's host; the
+        // playlists they get are ended.
+        let (playlist_url, ended) = match self.resolve(target.call).await {
+            Ok(Resolution::Live { playlist_url }) => (Some(playlist_url), false),
+            Ok(_) => (self.inner.resolver.last_live_url(target.call), true),
             Err(error) => return writer.fail(error),
         };
+        let target = Target { ended, ..target };
         let policy = HostPolicy {
             playlist_host: playlist_url.as_ref().and_then(Url::host_str),
             allowed_hosts: &self.inner.config.upstream.allowed_hosts,
         };
-        if !policy.allows(&target.url) && playlist_url.is_none() {
-            // Without a live playlist there is no host to check against: the call is simply off air.
+        if playlist_url.is_none() {
+            // No playlist was ever seen live for this call here: nothing to finish.
             return writer.fail(self.not_broadcasting(target.call));
         }
         match kind {
@@ -344,15 +493,24 @@ impl Relay {
             signer.relay_ref(target.call, &url, kind_at(site), target.location)
         })
         .map_err(|e| RelayError::BadUpstreamPlaylist(e.to_string()))?;
-        let freshness = policy::playlist_freshness(&info, &self.inner.config.cache);
-        Ok(stored(
+        let end_it = target.ended && info.kind == PlaylistKind::Media && !info.ended;
+        let (body, freshness) = if end_it {
+            let freshness = policy::ended_playlist_freshness(&self.inner.config.cache);
+            (playlist::with_endlist(&rewritten), freshness)
+        } else {
+            let freshness = policy::playlist_freshness(&info, &self.inner.config.cache);
+            (rewritten, freshness)
+        };
+        let mut object = stored(
             StatusCode::OK,
-            Bytes::from(rewritten),
+            Bytes::from(body),
             HeaderValue::from_static(PLAYLIST_CONTENT_TYPE),
             freshness,
             None,
             freshness.fresh_for + STALE_IF_ERROR,
-        ))
+        );
+        object.live_playlist = info.kind == PlaylistKind::Media && !info.ended && !end_it;
+        Ok(object)
     }
 
     async fn fill_media(
@@ -457,6 +615,8 @@ struct Target<'a> {
     call: &'a CallId,
     url: Url,
     location: PlaylistLocation,
+    /// The call is off air: media playlists are served ended.
+    ended: bool,
 }
 
 /// Whether the URI at `site` names a playlist (fetched whole and rewritten) or media (streamed untouched).
@@ -490,6 +650,7 @@ fn stored(
         stored_at: now,
         fresh_until: now + freshness.fresh_for,
         keep_for,
+        live_playlist: false,
     }
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use time::OffsetDateTime;
 use url::Url;
 
 use crate::call::CallId;
@@ -44,12 +45,25 @@ impl Resolution {
 
 /// How long a call that answered once keeps playing while the API is unreachable.
 const LAST_KNOWN_TTL: Duration = Duration::from_secs(600);
+/// How long the time of a call's latest webhook event is remembered to refuse older, late deliveries.
+const EVENT_TIME_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What became of a webhook event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    /// Older than an event already applied to the call: a late or replayed delivery.
+    Stale,
+}
 
 #[derive(Clone)]
 pub struct Resolver {
     api: StreamApi,
     fresh: moka::future::Cache<CallId, Resolution>,
     last_known: moka::sync::Cache<CallId, Resolution>,
+    /// The last live playlist URL per call: its host stays fetchable for the end of a broadcast.
+    last_live: moka::sync::Cache<CallId, Url>,
+    event_times: moka::sync::Cache<CallId, OffsetDateTime>,
     ttl: Duration,
     metrics: Arc<Metrics>,
 }
@@ -65,6 +79,14 @@ impl Resolver {
             last_known: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(LAST_KNOWN_TTL)
+                .build(),
+            last_live: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(LAST_KNOWN_TTL)
+                .build(),
+            event_times: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(EVENT_TIME_TTL)
                 .build(),
             ttl,
             metrics,
@@ -107,8 +129,104 @@ impl Resolver {
         let label = result.as_ref().map_or("error", Resolution::label);
         self.metrics.api_lookups.with_label_values(&[label]).inc();
         if let Ok(resolution) = &result {
-            self.last_known.insert(call.clone(), resolution.clone());
+            self.remember(call, resolution);
         }
         result
+    }
+
+    fn remember(&self, call: &CallId, resolution: &Resolution) {
+        self.last_known.insert(call.clone(), resolution.clone());
+        if let Resolution::Live { playlist_url } = resolution {
+            self.last_live.insert(call.clone(), playlist_url.clone());
+        }
+    }
+
+    /// The playlist URL the call broadcast most recently, live or not.
+    pub fn last_live_url(&self, call: &CallId) -> Option<Url> {
+        self.last_live.get(call)
+    }
+
+    /// Applies what a webhook event says, unless a newer event for the call was applied already. `None` means the
+    /// event says something changed without saying what (a start without a playlist URL): ask the API next time.
+    pub async fn apply_event(
+        &self,
+        call: &CallId,
+        resolution: Option<Resolution>,
+        at: OffsetDateTime,
+    ) -> Applied {
+        let newest =
+            self.event_times
+                .entry(call.clone())
+                .and_upsert_with(|current| match current {
+                    Some(entry) if *entry.value() > at => *entry.value(),
+                    _ => at,
+                });
+        if *newest.value() != at {
+            return Applied::Stale;
+        }
+        match resolution {
+            Some(resolution) => {
+                self.remember(call, &resolution);
+                self.fresh.insert(call.clone(), resolution).await;
+            }
+            None => self.fresh.invalidate(call).await,
+        }
+        Applied::Applied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolver() -> Resolver {
+        let api = StreamApi::new(
+            "http://127.0.0.1:1",
+            "key",
+            "secret",
+            Duration::from_millis(100),
+        );
+        Resolver::new(api, Duration::from_secs(60), Arc::new(Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn events_apply_at_once_and_older_ones_never_override_newer() {
+        let resolver = resolver();
+        let call = CallId::new("livestream", "a").unwrap();
+        let url = Url::parse("https://cdn.example.com/master.m3u8").unwrap();
+        let live = Resolution::Live {
+            playlist_url: url.clone(),
+        };
+        let t0 = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_700_000_000);
+        let later = t0 + time::Duration::seconds(5);
+
+        assert_eq!(
+            resolver.apply_event(&call, Some(live.clone()), t0).await,
+            Applied::Applied
+        );
+        // The API behind this resolver is unreachable: the answer can only come from the event.
+        assert_eq!(resolver.resolve(&call).await.unwrap(), live);
+
+        let stopped = Some(Resolution::NotBroadcasting);
+        assert_eq!(
+            resolver.apply_event(&call, stopped, later).await,
+            Applied::Applied
+        );
+        assert_eq!(
+            resolver.apply_event(&call, Some(live.clone()), t0).await,
+            Applied::Stale,
+            "a late start must not resurrect a stopped broadcast"
+        );
+        assert_eq!(
+            resolver.resolve(&call).await.unwrap(),
+            Resolution::NotBroadcasting
+        );
+        // Replaying the same event is harmless.
+        let stopped = Some(Resolution::NotBroadcasting);
+        assert_eq!(
+            resolver.apply_event(&call, stopped, later).await,
+            Applied::Applied
+        );
+        assert_eq!(resolver.last_live_url(&call), Some(url));
     }
 }

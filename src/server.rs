@@ -10,8 +10,9 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -21,16 +22,18 @@ use crate::cache::CachedObject;
 use crate::call::CallId;
 use crate::config::Config;
 use crate::error::RelayError;
+use crate::live::CallEvent;
 use crate::relay::{Relay, Served};
 use crate::resolver::{Resolution, Resolver};
 use crate::stream_api::StreamApi;
 use crate::telemetry::{CacheOutcome, Metrics};
 use crate::upstream::Upstream;
-use crate::urlmap::UrlSigner;
+use crate::urlmap::{ENTRY_PLAYLIST, UrlSigner};
+use crate::webhook;
 
 /// Longest request path accepted; relay object URLs are well under it.
 const MAX_PATH_LEN: usize = 4096;
-const ENTRY_PLAYLIST: &str = "index.m3u8";
+
 static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Builds the relay from a validated config (credentials required).
@@ -62,6 +65,8 @@ pub fn router(relay: Relay) -> Router {
     let cors = cors_layer(&relay.config().cors.allowed_origins);
     Router::new()
         .route("/v1/calls/{type}/{id}", get(call_state))
+        .route("/v1/calls/{type}/{id}/events", get(call_events))
+        .route("/v1/webhooks/stream", post(stream_webhook))
         .route("/hls/{*rest}", get(hls))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
@@ -311,6 +316,121 @@ async fn call_state(
         "egress": {"broadcasting": !hls.is_null(), "hls": hls},
     }});
     Ok(([(header::CACHE_CONTROL, "no-cache")], axum::Json(body)).into_response())
+}
+
+/// `GET /v1/calls/{type}/{id}/events`: Server-Sent Events with the call's state now (`state`) and each change
+/// (`broadcasting_started` with the relay's playlist URL, `broadcasting_stopped`, `broadcasting_failed`).
+async fn call_events(
+    State(relay): State<Relay>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, RelayError> {
+    let call = CallId::new(&kind, &id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
+    // Subscribed before reading the state, so no change between the two is missed.
+    let subscription = relay.hub().subscribe(&call);
+    let resolution = relay.resolve(&call).await?;
+    if resolution == Resolution::NotFound {
+        return Err(RelayError::CallNotFound(call.to_string()));
+    }
+    relay.watch(&call);
+    let playlist_url = format!(
+        "{}/hls/{kind}/{id}/{ENTRY_PLAYLIST}",
+        public_base(relay.config(), &headers, &uri)
+    );
+    let first = state_event(&call, &resolution, &playlist_url);
+    let changes = futures_util::stream::unfold(
+        (subscription, relay, call, playlist_url),
+        |(mut subscription, relay, call, playlist_url)| async move {
+            let event = match subscription.events.recv().await {
+                Ok(change) => change_event(&call, &change, &playlist_url),
+                // Too slow to keep up: the current state replaces the missed changes.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let resolution = relay
+                        .resolve(&call)
+                        .await
+                        .unwrap_or(Resolution::NotBroadcasting);
+                    state_event(&call, &resolution, &playlist_url)
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (subscription, relay, call, playlist_url),
+            ))
+        },
+    );
+    let events =
+        futures_util::StreamExt::chain(futures_util::stream::once(async { Ok(first) }), changes);
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}
+
+fn state_event(call: &CallId, resolution: &Resolution, playlist_url: &str) -> SseEvent {
+    let live = matches!(resolution, Resolution::Live { .. });
+    sse_event("state", call, live, playlist_url)
+}
+
+fn change_event(call: &CallId, change: &CallEvent, playlist_url: &str) -> SseEvent {
+    let live = *change == CallEvent::BroadcastingStarted;
+    sse_event(change.name(), call, live, playlist_url)
+}
+
+fn sse_event(name: &str, call: &CallId, live: bool, playlist_url: &str) -> SseEvent {
+    let data = serde_json::json!({
+        "cid": call.to_string(),
+        "broadcasting": live,
+        "playlist_url": live.then_some(playlist_url),
+    });
+    SseEvent::default().event(name).data(data.to_string())
+}
+
+/// `POST /v1/webhooks/stream`: Stream's signed event deliveries. The signature is checked over the raw bytes,
+/// before anything is parsed; a bad one changes nothing.
+async fn stream_webhook(
+    State(relay): State<Relay>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, RelayError> {
+    let body = axum::body::to_bytes(body, webhook::MAX_BODY_BYTES)
+        .await
+        .map_err(|_| RelayError::PayloadTooLarge(webhook::MAX_BODY_BYTES))?;
+    let secret = relay
+        .config()
+        .stream
+        .api_secret
+        .as_deref()
+        .unwrap_or_default();
+    let signed = headers
+        .get("x-signature")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|signature| webhook::signature_is_valid(secret.as_bytes(), &body, signature));
+    let count = |kind: &str, outcome: &str| {
+        relay
+            .metrics()
+            .webhooks
+            .with_label_values(&[kind, outcome])
+            .inc();
+    };
+    if !signed {
+        count("unverified", "refused");
+        return Err(RelayError::InvalidSignature(
+            "missing or wrong X-Signature: the body must be signed with the app's API secret"
+                .into(),
+        ));
+    }
+    let event = match webhook::parse(&body, time::OffsetDateTime::now_utc()) {
+        Ok(event) => event,
+        Err(error) => {
+            count("unparsed", "refused");
+            return Err(RelayError::BadRequest(error.to_string()));
+        }
+    };
+    let outcome = relay.apply_webhook(&event).await;
+    count(webhook::type_label(&event.kind), outcome);
+    tracing::info!(cid = %event.call, event = %event.kind, outcome, "webhook");
+    Ok(axum::Json(serde_json::json!({"ok": true, "outcome": outcome})).into_response())
 }
 
 /// The relay's own absolute base URL: configured, or as this request reached it.

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_seconds: HistogramVec,
     pub api_lookups: IntCounterVec,
+    pub webhooks: IntCounterVec,
 }
 
 impl Metrics {
@@ -96,6 +97,14 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let webhooks = IntCounterVec::new(
+            Opts::new(
+                "webhooks_total",
+                "Stream webhook deliveries by event type and outcome",
+            ),
+            &["type", "outcome"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache_lookups.clone()),
@@ -104,6 +113,7 @@ impl Metrics {
             Box::new(upstream_requests.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(api_lookups.clone()),
+            Box::new(webhooks.clone()),
         ] {
             registry
                 .register(collector)
@@ -118,6 +128,7 @@ impl Metrics {
             upstream_requests,
             upstream_seconds,
             api_lookups,
+            webhooks,
         }
     }
 

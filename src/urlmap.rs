@@ -18,6 +18,8 @@ use url::Url;
 
 use crate::call::CallId;
 
+/// File name of the stable entry URL `/hls/{type}/{id}/index.m3u8`.
+pub const ENTRY_PLAYLIST: &str = "index.m3u8";
 /// Bytes of HMAC-SHA256 kept in a URL: 96 bits is far beyond guessing range and keeps URLs short.
 const SIGNATURE_BYTES: usize = 12;
 /// Base64url length of the signature.
