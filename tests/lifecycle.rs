@@ -1,0 +1,395 @@
+//! A broadcast's life as the relay sees it: signed webhooks, clean endings, restarts, and the SSE state stream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use hls_relay::sim::CallSetup;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+/// A relay that trusts its call look-ups for a minute: any state change it shows must come from a webhook.
+async fn world() -> World {
+    World::start_with(|c| c.stream.call_ttl = Duration::from_secs(60)).await
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn event(kind: &str, cid: &str, created_at: &str, playlist_url: Option<&str>) -> Vec<u8> {
+    let mut event = serde_json::json!({"type": kind, "created_at": created_at, "call_cid": cid});
+    if let Some(url) = playlist_url {
+        event["hls_playlist_url"] = url.into();
+    }
+    event.to_string().into_bytes()
+}
+
+async fn post_webhook(
+    world: &World,
+    body: Vec<u8>,
+    signature: Option<String>,
+) -> reqwest::Response {
+    let mut request = world
+        .http
+        .post(world.url("/v1/webhooks/stream"))
+        .header("content-type", "application/json")
+        .header("x-api-key", world.sim.api_key());
+    if let Some(signature) = signature {
+        request = request.header("x-signature", signature);
+    }
+    request.body(body).send().await.unwrap()
+}
+
+async fn deliver(world: &World, body: Vec<u8>) -> serde_json::Value {
+    let signature = sign(world.sim.api_secret(), &body);
+    let response = post_webhook(world, body, Some(signature)).await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn broadcasting(world: &World, call: &str) -> bool {
+    let state: serde_json::Value = world
+        .get(&format!("/v1/calls/livestream/{call}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    state["call"]["egress"]["broadcasting"].as_bool().unwrap()
+}
+
+#[tokio::test]
+async fn a_signed_start_flips_the_state_with_no_api_request() {
+    let world = world().await;
+    let off_air = CallSetup {
+        broadcasting: false,
+        ..CallSetup::default()
+    };
+    world.sim.add_call("livestream", "later", off_air);
+    assert!(!broadcasting(&world, "later").await);
+    let api_requests = world.sim.api_requests();
+
+    world.sim.start_broadcasting("livestream", "later");
+    let url = world.sim.playlist_url("livestream", "later").unwrap();
+    let outcome = deliver(
+        &world,
+        event(
+            "call.broadcasting_started",
+            "livestream:later",
+            "2026-11-26T10:00:00Z",
+            Some(&url),
+        ),
+    )
+    .await;
+    assert_eq!(outcome["outcome"], "applied");
+
+    assert!(broadcasting(&world, "later").await);
+    let (_, media) = world.first_media_playlist("later").await;
+    assert!(media.contains("#EXTINF"));
+    assert_eq!(
+        world.sim.api_requests(),
+        api_requests,
+        "no API request after the webhook"
+    );
+}
+
+#[tokio::test]
+async fn forged_missing_and_oversized_deliveries_change_nothing() {
+    let world = world().await;
+    assert!(broadcasting(&world, "ts").await);
+    let stop = event(
+        "call.broadcasting_stopped",
+        "livestream:ts",
+        "2026-11-26T10:00:00Z",
+        None,
+    );
+
+    let forged = sign("not-the-secret", &stop);
+    assert_error(
+        post_webhook(&world, stop.clone(), Some(forged)).await,
+        401,
+        "invalid_signature",
+    )
+    .await;
+    assert_error(
+        post_webhook(&world, stop.clone(), None).await,
+        401,
+        "invalid_signature",
+    )
+    .await;
+    // Signed, then altered in transit.
+    let signature = sign(world.sim.api_secret(), &stop);
+    let mut altered = stop.clone();
+    altered.extend_from_slice(b" ");
+    assert_error(
+        post_webhook(&world, altered, Some(signature)).await,
+        401,
+        "invalid_signature",
+    )
+    .await;
+    let huge = vec![b' '; 1024 * 1024];
+    let signature = sign(world.sim.api_secret(), &huge);
+    assert_error(
+        post_webhook(&world, huge, Some(signature)).await,
+        413,
+        "payload_too_large",
+    )
+    .await;
+
+    assert!(broadcasting(&world, "ts").await);
+    let metrics = world.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("hls_relay_webhooks_total{outcome=\"refused\",type=\"unverified\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn stopping_ends_players_with_an_endlist_playlist() {
+    let world = world().await;
+    let entry = "/hls/livestream/ts/index.m3u8";
+    let master = world.playlist(entry).await;
+    let (media_path, live) = world.first_media_playlist("ts").await;
+    assert!(!live.contains("#EXT-X-ENDLIST"));
+
+    // Upstream has not ended its playlists yet: the relay ends them itself.
+    deliver(
+        &world,
+        event(
+            "call.broadcasting_stopped",
+            "livestream:ts",
+            "2026-11-26T10:00:00Z",
+            None,
+        ),
+    )
+    .await;
+
+    let last = world.playlist(&media_path).await;
+    assert!(last.trim_end().ends_with("#EXT-X-ENDLIST"), "{last}");
+    let unfetched_rendition = resolve(entry, &uri_attributes(&master)[0]);
+    let last = world.playlist(&unfetched_rendition).await;
+    assert!(last.trim_end().ends_with("#EXT-X-ENDLIST"), "{last}");
+    assert!(!broadcasting(&world, "ts").await);
+    world.expect_error(entry, 404, "not_broadcasting").await;
+}
+
+#[tokio::test]
+async fn a_restart_with_a_new_playlist_url_is_followed() {
+    let world = world().await;
+    let before = world.playlist("/hls/livestream/ts/index.m3u8").await;
+    let old_url = world.sim.playlist_url("livestream", "ts").unwrap();
+
+    world.sim.stop_broadcasting("livestream", "ts");
+    deliver(
+        &world,
+        event(
+            "call.broadcasting_stopped",
+            "livestream:ts",
+            "2026-11-26T10:00:00Z",
+            None,
+        ),
+    )
+    .await;
+    world.sim.start_broadcasting("livestream", "ts");
+    let new_url = world.sim.playlist_url("livestream", "ts").unwrap();
+    assert_ne!(old_url, new_url);
+    deliver(
+        &world,
+        event(
+            "call.broadcasting_started",
+            "livestream:ts",
+            "2026-11-26T10:00:05Z",
+            Some(&new_url),
+        ),
+    )
+    .await;
+
+    let after = world.playlist("/hls/livestream/ts/index.m3u8").await;
+    assert_ne!(before, after, "the entry URL now serves the new broadcast");
+    let (_, media) = world.first_media_playlist("ts").await;
+    assert!(!media.contains("#EXT-X-ENDLIST"));
+}
+
+#[tokio::test]
+async fn late_and_repeated_deliveries_never_override_newer_events() {
+    let world = world().await;
+    let url = world.sim.playlist_url("livestream", "ts").unwrap();
+    let stop = event(
+        "call.broadcasting_stopped",
+        "livestream:ts",
+        "2026-11-26T10:00:10Z",
+        None,
+    );
+    assert_eq!(deliver(&world, stop.clone()).await["outcome"], "applied");
+    let late_start = event(
+        "call.broadcasting_started",
+        "livestream:ts",
+        "2026-11-26T10:00:05Z",
+        Some(&url),
+    );
+    assert_eq!(deliver(&world, late_start).await["outcome"], "stale");
+    assert_eq!(
+        deliver(&world, stop).await["outcome"],
+        "applied",
+        "a duplicate is harmless"
+    );
+    assert!(!broadcasting(&world, "ts").await);
+
+    let other = event(
+        "call.reaction_new",
+        "livestream:ts",
+        "2026-11-26T10:00:20Z",
+        None,
+    );
+    assert_eq!(deliver(&world, other).await["outcome"], "ignored");
+}
+
+/// Reads `event:`/`data:` pairs from an SSE response, skipping keep-alive comments.
+struct SseReader {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(world: &World, call: &str) -> SseReader {
+        let response = world
+            .http
+            .get(world.url(&format!("/v1/calls/livestream/{call}/events")))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        SseReader {
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> (String, serde_json::Value) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|line| line.strip_prefix(name))
+                        .map(|v| v.trim().to_owned())
+                };
+                if let (Some(name), Some(data)) = (field("event:"), field("data:")) {
+                    return (name, serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(PATIENCE, self.body.next())
+                .await
+                .expect("an SSE event in time")
+                .expect("the stream stays open")
+                .unwrap();
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+#[tokio::test]
+async fn pages_see_each_change_once_and_in_order() {
+    let world = world().await;
+    let mut page = SseReader::open(&world, "ts").await;
+    let (name, state) = page.next().await;
+    assert_eq!(name, "state");
+    assert_eq!(state["broadcasting"], true);
+    assert_eq!(
+        state["playlist_url"],
+        world.url("/hls/livestream/ts/index.m3u8")
+    );
+
+    deliver(
+        &world,
+        event(
+            "call.broadcasting_stopped",
+            "livestream:ts",
+            "2026-11-26T10:00:01Z",
+            None,
+        ),
+    )
+    .await;
+    // A duplicate delivery is not a change.
+    deliver(
+        &world,
+        event(
+            "call.broadcasting_stopped",
+            "livestream:ts",
+            "2026-11-26T10:00:01Z",
+            None,
+        ),
+    )
+    .await;
+    let url = world.sim.playlist_url("livestream", "ts").unwrap();
+    deliver(
+        &world,
+        event(
+            "call.broadcasting_started",
+            "livestream:ts",
+            "2026-11-26T10:00:02Z",
+            Some(&url),
+        ),
+    )
+    .await;
+    deliver(
+        &world,
+        event(
+            "call.broadcasting_failed",
+            "livestream:ts",
+            "2026-11-26T10:00:03Z",
+            None,
+        ),
+    )
+    .await;
+
+    let (name, data) = page.next().await;
+    assert_eq!(
+        (name.as_str(), &data["broadcasting"]),
+        ("broadcasting_stopped", &false.into())
+    );
+    let (name, data) = page.next().await;
+    assert_eq!(name, "broadcasting_started");
+    assert_eq!(
+        data["playlist_url"],
+        world.url("/hls/livestream/ts/index.m3u8")
+    );
+    let (name, _) = page.next().await;
+    assert_eq!(name, "broadcasting_failed");
+}
+
+#[tokio::test]
+async fn pages_follow_the_api_when_no_webhook_comes() {
+    let world = World::start_with(|c| c.stream.call_ttl = Duration::from_millis(200)).await;
+    let mut page = SseReader::open(&world, "ts").await;
+    assert_eq!(page.next().await.0, "state");
+    world.sim.stop_broadcasting("livestream", "ts");
+    let (name, data) = page.next().await;
+    assert_eq!(name, "broadcasting_stopped");
+    assert_eq!(data["broadcasting"], false);
+}
+
+#[tokio::test]
+async fn unknown_calls_have_no_event_stream() {
+    let world = world().await;
+    world
+        .expect_error(
+            "/v1/calls/livestream/nosuchcall/events",
+            404,
+            "call_not_found",
+        )
+        .await;
+}
