@@ -360,6 +360,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure returns figment's own (large) error type
     fn environment_overrides_the_file_and_names_keys_by_section() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
