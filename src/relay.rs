@@ -272,7 +272,7 @@ impl Relay {
                         let target = Target {
                             call: &call,
                             url: playlist_url.clone(),
-                            location: PlaylistLocation::Entry,
+                            served_at: None,
                             ended: false,
                         };
                         relay.fill_playlist(writer, target, &playlist_url).await
@@ -289,7 +289,8 @@ impl Relay {
         &self,
         call: &CallId,
         path: &str,
-        token: &str,
+        location: &str,
+        seal: &str,
         file: &str,
     ) -> Result<Served, RelayError> {
         let (fill, writer, stale) = match self.inner.cache.lookup(path) {
@@ -301,7 +302,7 @@ impl Relay {
             } => (fill, writer, stale),
         };
         // Only paths the relay signed reach upstream; a forged one fails the fill it opened, before any fetch.
-        let object = match self.inner.signer.verify(call, token, file) {
+        let object = match self.inner.signer.verify(call, location, seal, file) {
             Ok(object) => object,
             Err(error) => {
                 let error = match error {
@@ -319,11 +320,12 @@ impl Relay {
             let relay = self.clone();
             let call = call.clone();
             let file = file.to_owned();
+            let location = location.to_owned();
             tokio::spawn(async move {
                 let target = Target {
                     call: &call,
                     url: object.url,
-                    location: PlaylistLocation::Object,
+                    served_at: Some(&location),
                     ended: false,
                 };
                 relay.fill_object(writer, target, object.kind, &file).await
@@ -490,7 +492,7 @@ impl Relay {
         let signer = &self.inner.signer;
         let rewritten = playlist::rewrite(&body, |site, uri| {
             let url = base.join(uri).ok()?;
-            signer.relay_ref(target.call, &url, kind_at(site), target.location)
+            signer.relay_ref(target.call, &url, kind_at(site), target.playlist_location())
         })
         .map_err(|e| RelayError::BadUpstreamPlaylist(e.to_string()))?;
         let end_it = target.ended && info.kind == PlaylistKind::Media && !info.ended;
@@ -614,9 +616,19 @@ impl Relay {
 struct Target<'a> {
     call: &'a CallId,
     url: Url,
-    location: PlaylistLocation,
+    /// The `location` segment of the relay URL the object is served at; None for the entry playlist.
+    served_at: Option<&'a str>,
     /// The call is off air: media playlists are served ended.
     ended: bool,
+}
+
+impl Target<'_> {
+    fn playlist_location(&self) -> PlaylistLocation<'_> {
+        match self.served_at {
+            Some(location) => PlaylistLocation::Object { location },
+            None => PlaylistLocation::Entry,
+        }
+    }
 }
 
 /// Whether the URI at `site` names a playlist (fetched whole and rewritten) or media (streamed untouched).

@@ -451,19 +451,19 @@ fn public_base(config: &Config, headers: &HeaderMap, uri: &Uri) -> String {
     format!("{scheme}://{host}")
 }
 
-/// `GET /hls/{type}/{id}/index.m3u8` and `GET /hls/{type}/{id}/{token}/{file}`. The raw path is used, not
+/// `GET /hls/{type}/{id}/index.m3u8` and `GET /hls/{type}/{id}/{location}/{seal}/{file}`. The raw path is used, not
 /// a decoded one: signatures cover the URL exactly as the relay wrote it.
 async fn hls(State(relay): State<Relay>, request: Request) -> Result<Response, RelayError> {
     let (path, headers) = (request.uri().path(), request.headers());
     let rest = path.strip_prefix("/hls/").unwrap_or_default();
-    let mut parts = rest.splitn(4, '/');
+    let mut parts = rest.splitn(5, '/');
     let (kind, id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let call = CallId::new(kind, id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
     let work = async {
-        match (parts.next(), parts.next()) {
-            (Some(ENTRY_PLAYLIST), None) => relay.entry_playlist(&call, path).await,
-            (Some(token), Some(file)) if !file.contains('/') => {
-                relay.object(&call, path, token, file).await
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(ENTRY_PLAYLIST), None, None) => relay.entry_playlist(&call, path).await,
+            (Some(location), Some(seal), Some(file)) if !file.contains('/') => {
+                relay.object(&call, path, location, seal, file).await
             }
             _ => Err(RelayError::NotFound("no such resource".into())),
         }

@@ -1,12 +1,14 @@
 //! Mapping between upstream URLs and the relay URLs written into playlists (pure; no I/O).
 //!
-//! A relay object URL is `/hls/{type}/{id}/{token}/{file}`:
-//! - `file` is the upstream file name, kept so players and CDNs see the real extension (ffmpeg insists on it);
-//! - `token` is `{signature}{kind}{location}`: `location` is the upstream URL without its file name (base64url),
-//!   `kind` says whether the object is a playlist, and `signature` is an HMAC over the call, kind, location and
-//!   file, keyed by `server.url_key`.
+//! A relay object URL is `/hls/{type}/{id}/{location}/{seal}/{file}`:
+//! - `file` is the upstream file name, unchanged, so players and CDNs see the real extension (ffmpeg insists);
+//! - `location` is the upstream URL without its file name, query included (base64url). Every file of one upstream
+//!   directory shares it, so a media playlist refers to its segments as `../{seal}/{file}`: relayed playlists stay
+//!   close to upstream's size;
+//! - `seal` is a truncated HMAC over the call, location, file and kind (playlist or media), keyed by
+//!   `server.url_key`, followed by the kind.
 //!
-//! The signature is what keeps the relay from being an open proxy: only URLs the relay itself wrote verify, with no
+//! The seal is what keeps the relay from being an open proxy: only URLs the relay itself wrote verify, with no
 //! state to look up, so verification holds across restarts and across instances sharing the key. The mapping is
 //! deterministic, as HLS requires (a media sequence number must keep its URI across reloads).
 
@@ -20,12 +22,12 @@ use crate::call::CallId;
 
 /// File name of the stable entry URL `/hls/{type}/{id}/index.m3u8`.
 pub const ENTRY_PLAYLIST: &str = "index.m3u8";
-/// Bytes of HMAC-SHA256 kept in a URL: 96 bits is far beyond guessing range and keeps URLs short.
-const SIGNATURE_BYTES: usize = 12;
-/// Base64url length of the signature.
-const SIGNATURE_CHARS: usize = 16;
-/// Longest token accepted; upstream URLs with long CDN signatures fit with room to spare.
-pub const MAX_TOKEN_LEN: usize = 3072;
+/// Bytes of HMAC-SHA256 kept in a URL: 72 bits cannot be guessed online and keep URIs short.
+const SIGNATURE_BYTES: usize = 9;
+/// Base64url length of the signature; the seal is this plus one character of kind.
+const SIGNATURE_CHARS: usize = 12;
+/// Longest location accepted; upstream URLs with long CDN signatures fit with room to spare.
+pub const MAX_LOCATION_LEN: usize = 3072;
 /// Stands for an empty upstream file name (a URL ending in `/`), which cannot be a path segment.
 const EMPTY_FILE: &str = "_";
 
@@ -57,11 +59,11 @@ impl ObjectKind {
 
 /// Where a playlist the relay serves lives, so URIs inside it can be written relative to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlaylistLocation {
+pub enum PlaylistLocation<'a> {
     /// The stable entry URL `/hls/{type}/{id}/index.m3u8`.
     Entry,
-    /// An object URL `/hls/{type}/{id}/{token}/{file}`.
-    Object,
+    /// An object URL `/hls/{type}/{id}/{location}/{seal}/{file}`, with its `location` segment.
+    Object { location: &'a str },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -127,7 +129,7 @@ impl UrlSigner {
         call: &CallId,
         upstream: &Url,
         kind: ObjectKind,
-        from: PlaylistLocation,
+        from: PlaylistLocation<'_>,
     ) -> Option<String> {
         if !matches!(upstream.scheme(), "http" | "https") {
             return None;
@@ -138,38 +140,50 @@ impl UrlSigner {
             .signature(call, kind, &location, file)
             .finalize()
             .into_bytes();
-        let prefix = match from {
-            PlaylistLocation::Entry => "",
-            PlaylistLocation::Object => "../",
-        };
-        let mut out =
-            String::with_capacity(prefix.len() + 24 + location.len() * 4 / 3 + file.len());
-        out.push_str(prefix);
+        let mut encoded = String::with_capacity(location.len() * 4 / 3 + 4);
+        URL_SAFE_NO_PAD.encode_string(location.as_bytes(), &mut encoded);
+        let mut out = String::with_capacity(encoded.len() + file.len() + 24);
+        match from {
+            PlaylistLocation::Object { location } if location == encoded => out.push_str("../"),
+            PlaylistLocation::Object { .. } => {
+                out.push_str("../../");
+                out.push_str(&encoded);
+                out.push('/');
+            }
+            PlaylistLocation::Entry => {
+                out.push_str(&encoded);
+                out.push('/');
+            }
+        }
         URL_SAFE_NO_PAD.encode_string(&signature[..SIGNATURE_BYTES], &mut out);
         out.push(kind.tag());
-        URL_SAFE_NO_PAD.encode_string(location.as_bytes(), &mut out);
         out.push('/');
         out.push_str(file);
         Some(out)
     }
 
-    /// Checks a `{token}/{file}` pair from a request path and returns the upstream object it stands for.
+    /// Checks the `{location}/{seal}/{file}` segments of a request path and returns the upstream object they
+    /// stand for.
     pub fn verify(
         &self,
         call: &CallId,
-        token: &str,
+        location: &str,
+        seal: &str,
         file: &str,
     ) -> Result<UpstreamObject, MapError> {
-        if token.len() > MAX_TOKEN_LEN || token.len() <= SIGNATURE_CHARS + 1 || file.is_empty() {
+        if location.is_empty() || location.len() > MAX_LOCATION_LEN || file.is_empty() {
             return Err(MapError::Malformed);
         }
-        let (signature, rest) = token.split_at(SIGNATURE_CHARS);
-        let kind = ObjectKind::from_tag(rest.as_bytes()[0]).ok_or(MapError::Malformed)?;
+        if seal.len() != SIGNATURE_CHARS + 1 {
+            return Err(MapError::Malformed);
+        }
+        let (signature, kind) = seal.split_at(SIGNATURE_CHARS);
+        let kind = ObjectKind::from_tag(kind.as_bytes()[0]).ok_or(MapError::Malformed)?;
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| MapError::Malformed)?;
         let location = URL_SAFE_NO_PAD
-            .decode(&rest[1..])
+            .decode(location)
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .ok_or(MapError::Malformed)?;
@@ -223,27 +237,35 @@ mod tests {
         CallId::new("livestream", "abc").unwrap()
     }
 
-    fn token_and_file(reference: &str) -> (&str, &str) {
-        reference.trim_start_matches("../").split_once('/').unwrap()
+    /// Splits a reference written from the entry playlist into (location, seal, file).
+    fn parts(reference: &str) -> (&str, &str, &str) {
+        let mut parts = reference.splitn(3, '/');
+        (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        )
+    }
+
+    fn from_entry(signer: &UrlSigner, url: &str, kind: ObjectKind) -> String {
+        let url = Url::parse(url).unwrap();
+        signer
+            .relay_ref(&call(), &url, kind, PlaylistLocation::Entry)
+            .unwrap()
     }
 
     #[test]
     fn round_trips_with_query_and_keeps_the_file_name() {
         let signer = UrlSigner::new(b"0123456789abcdef");
-        let upstream =
-            Url::parse("https://cdn.example.com/a/b/seg_0042.ts?sig=x%2Fy&e=1#frag").unwrap();
-        let reference = signer
-            .relay_ref(
-                &call(),
-                &upstream,
-                ObjectKind::Media,
-                PlaylistLocation::Entry,
-            )
-            .unwrap();
+        let reference = from_entry(
+            &signer,
+            "https://cdn.example.com/a/b/seg_0042.ts?sig=x%2Fy&e=1#frag",
+            ObjectKind::Media,
+        );
         assert!(reference.ends_with("/seg_0042.ts"));
         assert!(!reference.contains("cdn.example.com"));
-        let (token, file) = token_and_file(&reference);
-        let object = signer.verify(&call(), token, file).unwrap();
+        let (location, seal, file) = parts(&reference);
+        let object = signer.verify(&call(), location, seal, file).unwrap();
         assert_eq!(
             object.url.as_str(),
             "https://cdn.example.com/a/b/seg_0042.ts?sig=x%2Fy&e=1"
@@ -252,67 +274,72 @@ mod tests {
     }
 
     #[test]
-    fn is_deterministic_and_relative_to_the_playlist() {
+    fn siblings_of_a_playlist_are_referred_to_briefly_and_deterministically() {
         let signer = UrlSigner::new(b"0123456789abcdef");
-        let upstream = Url::parse("http://h/x/index.m3u8").unwrap();
-        let a = signer.relay_ref(
-            &call(),
-            &upstream,
-            ObjectKind::Playlist,
-            PlaylistLocation::Object,
+        let playlist = from_entry(&signer, "http://h/live/v1/index.m3u8", ObjectKind::Playlist);
+        let (location, _, _) = parts(&playlist);
+        let from = PlaylistLocation::Object { location };
+        let segment = Url::parse("http://h/live/v1/seg_1.ts").unwrap();
+        let sibling = signer
+            .relay_ref(&call(), &segment, ObjectKind::Media, from)
+            .unwrap();
+        assert_eq!(
+            sibling.len(),
+            "../".len() + SIGNATURE_CHARS + 1 + "/seg_1.ts".len()
         );
-        let b = signer.relay_ref(
-            &call(),
-            &upstream,
-            ObjectKind::Playlist,
-            PlaylistLocation::Object,
+        assert_eq!(
+            Some(sibling),
+            signer.relay_ref(&call(), &segment, ObjectKind::Media, from)
         );
-        assert_eq!(a, b);
-        assert!(a.unwrap().starts_with("../"));
+
+        let elsewhere = Url::parse("http://h/live/v2/seg_1.ts").unwrap();
+        let cousin = signer
+            .relay_ref(&call(), &elsewhere, ObjectKind::Media, from)
+            .unwrap();
+        assert!(cousin.starts_with("../../"));
     }
 
     #[test]
     fn refuses_what_it_did_not_sign() {
         let signer = UrlSigner::new(b"0123456789abcdef");
-        let upstream = Url::parse("https://cdn.example.com/a/seg.ts").unwrap();
-        let reference = signer
-            .relay_ref(
-                &call(),
-                &upstream,
-                ObjectKind::Media,
-                PlaylistLocation::Entry,
-            )
-            .unwrap();
-        let (token, file) = token_and_file(&reference);
+        let reference = from_entry(
+            &signer,
+            "https://cdn.example.com/a/seg.ts",
+            ObjectKind::Media,
+        );
+        let (location, seal, file) = parts(&reference);
 
         let other_call = CallId::new("livestream", "other").unwrap();
         assert_eq!(
-            signer.verify(&other_call, token, file),
+            signer.verify(&other_call, location, seal, file),
             Err(MapError::BadSignature)
         );
         assert_eq!(
-            signer.verify(&call(), token, "other.ts"),
+            signer.verify(&call(), location, seal, "other.ts"),
             Err(MapError::BadSignature)
         );
-        let as_playlist = token.replacen('m', "p", 1);
-        assert!(signer.verify(&call(), &as_playlist, file).is_err());
+        let as_playlist = format!("{}p", &seal[..SIGNATURE_CHARS]);
+        assert_eq!(
+            signer.verify(&call(), location, &as_playlist, file),
+            Err(MapError::BadSignature)
+        );
         let evil = URL_SAFE_NO_PAD.encode("https://evil.example.com/");
-        let forged = format!("{}m{evil}", &token[..SIGNATURE_CHARS]);
         assert_eq!(
-            signer.verify(&call(), &forged, file),
+            signer.verify(&call(), &evil, seal, file),
             Err(MapError::BadSignature)
         );
         let other_key = UrlSigner::new(b"another key entirely");
         assert_eq!(
-            other_key.verify(&call(), token, file),
+            other_key.verify(&call(), location, seal, file),
             Err(MapError::BadSignature)
         );
         assert_eq!(
-            signer.verify(&call(), "short", file),
+            signer.verify(&call(), location, "short", file),
             Err(MapError::Malformed)
         );
+        let long = "A".repeat(5000);
         assert_eq!(
-            signer.verify(&call(), &"A".repeat(5000), file),
+            signer.verify(&call(), &long, seal, file),
             Err(MapError::Malformed)
         );
     }
@@ -326,14 +353,9 @@ mod tests {
                 .relay_ref(&call(), &data, ObjectKind::Media, PlaylistLocation::Entry)
                 .is_none()
         );
-        let dir = Url::parse("https://h/live/").unwrap();
-        let reference = signer
-            .relay_ref(&call(), &dir, ObjectKind::Playlist, PlaylistLocation::Entry)
-            .unwrap();
-        let (token, file) = token_and_file(&reference);
-        assert_eq!(
-            signer.verify(&call(), token, file).unwrap().url.as_str(),
-            "https://h/live/"
-        );
+        let reference = from_entry(&signer, "https://h/live/", ObjectKind::Playlist);
+        let (location, seal, file) = parts(&reference);
+        let object = signer.verify(&call(), location, seal, file).unwrap();
+        assert_eq!(object.url.as_str(), "https://h/live/");
     }
 }
