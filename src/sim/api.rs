@@ -1,8 +1,8 @@
-//! The Stream-compatible Video API: get call, start/stop broadcasting, go live/stop live.
+//! The Stream-compatible Video API: get call, start/stop broadcasting, go live/stop live, end call.
 //!
 //! Authentication follows Stream: `api_key` query parameter, `Authorization` JWT (HS256, the API secret) with
-//! `stream-auth-type: jwt`. Server tokens may do anything; user tokens get the capabilities of their role, which
-//! here is decided by the user id: ids starting with `host` are hosts.
+//! `stream-auth-type: jwt`. Server tokens may do anything; user tokens get the capabilities of their role in the
+//! call (see `roles`). State changes go through `Shared::apply`, which emits the events.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +19,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::clock::rfc3339_ms;
-use super::state::{Call, Shared};
+use super::roles::{self, Roles};
+use super::state::{Call, Op, Shared};
 
 const MORE_INFO: &str = "https://getstream.io/video/docs/api/errors/";
 
@@ -62,6 +63,14 @@ impl ApiError {
             format!("Can't find call with id {id}"),
         )
     }
+
+    fn call_ended(call_type: &str, id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            4,
+            format!("call {call_type}:{id} has ended"),
+        )
+    }
 }
 
 /// Stream reports how long it worked on a request; so does the simulator.
@@ -100,41 +109,38 @@ enum Caller {
     User(String),
 }
 
-const HOST_CAPABILITIES: &[&str] = &[
-    "create-call",
-    "end-call",
-    "join-backstage",
-    "join-call",
-    "read-call",
-    "send-audio",
-    "send-video",
-    "start-broadcast-call",
-    "stop-broadcast-call",
-    "update-call",
-];
-const VIEWER_CAPABILITIES: &[&str] = &["join-call", "read-call"];
-
 impl Caller {
-    fn capabilities(&self) -> &'static [&'static str] {
+    /// What the caller may do in the call: everything for server tokens, else its role's capabilities.
+    fn capabilities(&self, roles: &Roles, call_type: &str, id: &str) -> &'static [&'static str] {
         match self {
-            Caller::Server => HOST_CAPABILITIES,
-            Caller::User(id) if id.starts_with("host") => HOST_CAPABILITIES,
-            Caller::User(_) => VIEWER_CAPABILITIES,
+            Caller::Server => roles::HOST_CAPABILITIES,
+            Caller::User(user) => roles::capabilities(&roles.role(call_type, id, user)),
         }
     }
 
-    fn require(&self, capability: &str, call_type: &str, id: &str) -> Result<(), ApiError> {
+    fn require(
+        &self,
+        roles: &Roles,
+        capability: &str,
+        call_type: &str,
+        id: &str,
+    ) -> Result<(), ApiError> {
         match self {
             Caller::Server => Ok(()),
-            Caller::User(_) if self.capabilities().contains(&capability) => Ok(()),
-            Caller::User(user) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                17,
-                format!(
-                    "User '{user}' is not allowed to perform this action in call {call_type}:{id}: \
-                     missing capability {capability}"
-                ),
-            )),
+            Caller::User(user) => {
+                let role = roles.role(call_type, id, user);
+                if roles::capabilities(&role).contains(&capability) {
+                    return Ok(());
+                }
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    17,
+                    format!(
+                        "User '{user}' with role '{role}' is not allowed to perform action {capability} in scope \
+                         'video:{call_type}'"
+                    ),
+                ))
+            }
         }
     }
 }
@@ -223,20 +229,23 @@ fn decode_token(token: &str, secret: &str, api_key: &str) -> Result<Claims, ApiE
     }
 }
 
-/// The `call` object of Stream's responses, including fields the relay must ignore.
-fn call_object(call: &Call, base_url: &str, call_type: &str, id: &str) -> Value {
+/// The `call` object of Stream's responses and events, including fields the relay must ignore.
+pub fn call_object(call: &Call, base_url: &str, call_type: &str, id: &str) -> Value {
     let hls = call
         .live_playlist_url(base_url, call_type, id)
         .map(|url| json!({ "playlist_url": url }));
     let broadcast = call.broadcast.as_ref();
-    let session = (call.live_started_ms.is_some() || call.broadcasting()).then(|| {
+    let session = (call.live_started_ms.is_some()
+        || call.broadcasting()
+        || call.ended_ms.is_some())
+    .then(|| {
         let started = call.live_started_ms.unwrap_or(call.created_ms);
         json!({
             "id": broadcast.map(|b| b.session.as_str()).unwrap_or("session-0"),
             "started_at": rfc3339_ms(started),
             "live_started_at": call.live_started_ms.map(rfc3339_ms),
             "live_ended_at": call.live_ended_ms.map(rfc3339_ms),
-            "ended_at": null,
+            "ended_at": call.ended_ms.map(rfc3339_ms),
             "participants": [],
             "participants_count_by_role": {},
             "anonymous_participant_count": 0,
@@ -274,21 +283,39 @@ fn call_object(call: &Call, base_url: &str, call_type: &str, id: &str) -> Value 
                 "quality_tracks": ["360p", "180p"] } },
         },
         "starts_at": null,
-        "ended_at": null,
+        "ended_at": call.ended_ms.map(rfc3339_ms),
         "team": null,
         "thumbnails": null,
     })
 }
 
-fn call_response(call: &Call, caller: &Caller, base_url: &str, call_type: &str, id: &str) -> Value {
+fn call_response(
+    shared: &Shared,
+    call: &Call,
+    caller: &Caller,
+    call_type: &str,
+    id: &str,
+) -> Value {
+    let created = rfc3339_ms(call.created_ms);
+    let member = |user_id: &str, role: &str| {
+        json!({
+            "user_id": user_id, "role": role, "custom": {},
+            "user": { "id": user_id, "name": user_id, "role": "user" },
+            "created_at": created, "updated_at": created,
+        })
+    };
+    let mut members = vec![member("host-sim", "host")];
+    members.extend(
+        shared
+            .roles
+            .members(call_type, id)
+            .iter()
+            .map(|(user, role)| member(user, role)),
+    );
     json!({
-        "call": call_object(call, base_url, call_type, id),
-        "members": [{
-            "user_id": "host-sim", "role": "host", "custom": {},
-            "user": { "id": "host-sim", "name": "Simulated host", "role": "user" },
-            "created_at": rfc3339_ms(call.created_ms), "updated_at": rfc3339_ms(call.created_ms),
-        }],
-        "own_capabilities": caller.capabilities(),
+        "call": call_object(call, &shared.base_url, call_type, id),
+        "members": members,
+        "own_capabilities": caller.capabilities(&shared.roles, call_type, id),
         "blocked_users": [],
     })
 }
@@ -304,7 +331,7 @@ async fn get_call(
     let outcome = authenticate(&shared, query.as_deref(), &headers).and_then(|caller| {
         shared
             .with_call(&call_type, &id, |call| {
-                call_response(call, &caller, &shared.base_url, &call_type, &id)
+                call_response(&shared, call, &caller, &call_type, &id)
             })
             .ok_or_else(|| ApiError::call_not_found(&id))
     });
@@ -318,6 +345,7 @@ enum Action {
     StopBroadcasting,
     GoLive,
     StopLive,
+    EndCall,
 }
 
 impl Action {
@@ -327,6 +355,7 @@ impl Action {
             "stop_broadcasting" => Action::StopBroadcasting,
             "go_live" => Action::GoLive,
             "stop_live" => Action::StopLive,
+            "mark_ended" => Action::EndCall,
             _ => return None,
         })
     }
@@ -338,6 +367,7 @@ impl Action {
             Action::StopBroadcasting => "StopHLSBroadcasting",
             Action::GoLive => "GoLive",
             Action::StopLive => "StopLive",
+            Action::EndCall => "EndCall",
         }
     }
 
@@ -346,6 +376,7 @@ impl Action {
             Action::StartBroadcasting => "start-broadcast-call",
             Action::StopBroadcasting => "stop-broadcast-call",
             Action::GoLive | Action::StopLive => "update-call",
+            Action::EndCall => "end-call",
         }
     }
 }
@@ -406,36 +437,30 @@ fn perform(
     } else {
         GoLiveRequest::default()
     };
-    let clock = &shared.clock;
     let base = shared.base_url.as_str();
     shared
         .with_call(call_type, id, |call| {
-            caller.require(action.capability(), call_type, id)?;
+            caller.require(&shared.roles, action.capability(), call_type, id)?;
+            let op = match action {
+                Action::StartBroadcasting => Op::StartBroadcasting,
+                Action::StopBroadcasting => Op::StopBroadcasting,
+                Action::GoLive => Op::GoLive {
+                    start_hls: go_live.start_hls,
+                },
+                Action::StopLive => Op::StopLive,
+                Action::EndCall => Op::End,
+            };
+            shared
+                .apply(call, call_type, id, op)
+                .map_err(|_| ApiError::call_ended(call_type, id))?;
             Ok(match action {
                 Action::StartBroadcasting => {
-                    call.start_broadcasting(clock);
                     json!({ "playlist_url": call.live_playlist_url(base, call_type, id) })
                 }
-                Action::StopBroadcasting => {
-                    call.stop_broadcasting(clock);
-                    json!({})
-                }
-                Action::GoLive => {
-                    call.backstage = false;
-                    call.live_started_ms = Some(clock.unix_ms());
-                    call.live_ended_ms = None;
-                    if go_live.start_hls {
-                        call.start_broadcasting(clock);
-                    }
+                Action::GoLive | Action::StopLive => {
                     json!({ "call": call_object(call, base, call_type, id) })
                 }
-                Action::StopLive => {
-                    // "Once the live ended, the HLS broadcast will be stopped as well" (Stream's HLS docs).
-                    call.backstage = true;
-                    call.live_ended_ms = Some(clock.unix_ms());
-                    call.stop_broadcasting(clock);
-                    json!({ "call": call_object(call, base, call_type, id) })
-                }
+                Action::StopBroadcasting | Action::EndCall => json!({}),
             })
         })
         .unwrap_or_else(|| Err(ApiError::call_not_found(id)))
@@ -499,24 +524,45 @@ mod tests {
     }
 
     #[test]
-    fn only_hosts_may_broadcast() {
-        let host = Caller::User("host-1".into());
-        let viewer = Caller::User("alice".into());
-        assert!(
-            host.require("start-broadcast-call", "livestream", "x")
+    fn only_hosts_and_admins_may_broadcast() {
+        let roles = Roles::default();
+        roles.add_user("root", "admin");
+        roles.add_member("livestream", "x", "carol", "host");
+        let allowed = |caller: &Caller, capability: &str| {
+            caller
+                .require(&roles, capability, "livestream", "x")
                 .is_ok()
-        );
+        };
+        for user in ["host-1", "root", "carol"] {
+            let caller = Caller::User(user.into());
+            for cap in [
+                "start-broadcast-call",
+                "stop-broadcast-call",
+                "update-call",
+                "end-call",
+            ] {
+                assert!(allowed(&caller, cap), "{user} {cap}");
+            }
+        }
+        assert!(allowed(&Caller::Server, "stop-broadcast-call"));
         assert!(
-            Caller::Server
-                .require("stop-broadcast-call", "livestream", "x")
-                .is_ok()
+            Caller::User("carol".into())
+                .require(&roles, "end-call", "livestream", "y")
+                .is_err(),
+            "but a plain user elsewhere"
         );
+
+        let viewer = Caller::User("bob".into());
         let denied = viewer
-            .require("start-broadcast-call", "livestream", "x")
+            .require(&roles, "start-broadcast-call", "livestream", "x")
             .expect_err("viewer denied");
         assert_eq!((denied.status, denied.code), (StatusCode::FORBIDDEN, 17));
-        assert!(denied.detail.contains("start-broadcast-call"));
-        assert!(viewer.require("read-call", "livestream", "x").is_ok());
+        assert_eq!(
+            denied.detail,
+            "User 'bob' with role 'user' is not allowed to perform action start-broadcast-call in scope \
+             'video:livestream'"
+        );
+        assert!(allowed(&viewer, "read-call"));
     }
 
     #[test]

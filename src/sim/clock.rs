@@ -30,23 +30,39 @@ impl Clock {
 
     /// Wall-clock time in Unix milliseconds, for PROGRAM-DATE-TIME and the API's timestamps.
     pub fn unix_ms(&self) -> i64 {
+        i64::try_from(self.unix_ns() / 1_000_000).unwrap_or(i64::MAX)
+    }
+
+    /// Wall-clock time in Unix nanoseconds, for events' `created_at`.
+    pub fn unix_ns(&self) -> i128 {
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        i64::try_from((since_epoch + self.offset()).as_millis()).unwrap_or(i64::MAX)
+        i128::try_from(since_epoch.saturating_add(self.offset()).as_nanos()).unwrap_or(i128::MAX)
     }
 }
 
 /// `2024-05-01T12:00:00.000Z` for Unix milliseconds (proleptic Gregorian, UTC): the form Stream's API and
 /// `EXT-X-PROGRAM-DATE-TIME` use. Written out here to spare a date crate for one format.
 pub fn rfc3339_ms(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000);
-    let millis = unix_ms.rem_euclid(1000);
+    rfc3339(
+        unix_ms.div_euclid(1000),
+        &format!("{:03}", unix_ms.rem_euclid(1000)),
+    )
+}
+
+/// `2024-05-01T12:00:00.000000001Z` for Unix nanoseconds: events' `created_at`, at full precision.
+pub fn rfc3339_ns(unix_ns: i128) -> String {
+    let secs = i64::try_from(unix_ns.div_euclid(1_000_000_000)).unwrap_or(i64::MAX);
+    rfc3339(secs, &format!("{:09}", unix_ns.rem_euclid(1_000_000_000)))
+}
+
+fn rfc3339(secs: i64, fraction: &str) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{fraction}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
@@ -77,6 +93,11 @@ mod tests {
         assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(rfc3339_ms(1_714_564_800_000), "2024-05-01T12:00:00.000Z");
         assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(
+            rfc3339_ns(1_714_564_800_000_000_007),
+            "2024-05-01T12:00:00.000000007Z"
+        );
+        assert_eq!(rfc3339_ns(-1), "1969-12-31T23:59:59.999999999Z");
     }
 
     #[test]

@@ -3,13 +3,22 @@
 //! Tests, benchmarks and `hls-relay demo` use it in place of Stream. The pieces:
 //!
 //! - `api`: the Stream-compatible REST API (`/api/v2/video/call/{type}/{id}…`): Stream's auth (api_key + JWT),
-//!   error shape and call state. Starting a broadcast gives the call a playlist URL on the origin.
+//!   error shape and call state, and the lifecycle: start/stop broadcasting, go live/stop live (backstage calls
+//!   are not live until `go_live`; `go_live` with `start_hls` starts HLS) and end call (`mark_ended`). Starting a
+//!   broadcast gives the call a playlist URL on the origin.
+//! - `roles`: users and call members with roles (`host`, `admin`, `user`) and the capabilities the API checks; a
+//!   user without one is refused with Stream's 403 (code 17) naming the missing capability.
+//! - `webhooks`: every lifecycle change (from the API or a `SimHandle` method) emits a Stream event
+//!   (`call.broadcasting_started`/`_stopped`/`_failed`, or the `call.hls_*` names, `call.live_started`,
+//!   `call.ended`); with a webhook URL configured it is POSTed there, signed like Stream's, in order, with
+//!   retries. Tests can inspect deliveries and send forged, unsigned or replayed ones.
 //! - `origin`: the CDN side (`/cdn/{type}/{id}/{session}/…`): a master playlist with two video variants and an
 //!   audio rendition, live sliding-window media playlists that advance in real time, and segments that loop the
 //!   embedded fixtures. Per call it can sign segment URLs, redirect the master, or misbehave (`OriginFault`).
 //! - `hls`: the origin's pure core (window arithmetic, playlist text, paths, URL signing).
 //! - `fixtures`: the media, embedded from `fixtures/` (made by `scripts/make-fixtures.sh`).
-//! - `state` and `clock`: the calls and counters the handlers share, and a clock tests can advance.
+//! - `state` and `clock`: the calls and counters the handlers share, and a clock tests can advance (events'
+//!   `created_at` follow it, with nanoseconds, strictly increasing).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -25,9 +34,11 @@ mod clock;
 mod fixtures;
 mod hls;
 mod origin;
+mod roles;
 mod state;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -44,8 +55,9 @@ use serde_json::{Value, json};
 pub use fixtures::{Rendition, SEGMENT_COUNT, SEGMENT_SECS};
 pub use hls::WINDOW_SEGMENTS;
 pub use state::ENDED_RETENTION;
+pub use webhooks::{ATTEMPT_TIMEOUT, BACKOFF, Delivery, SentWebhook, Signature};
 
-use state::Shared;
+use state::{Op, Shared};
 
 /// Where the simulator listens and which credentials its API accepts.
 #[derive(Clone, Debug)]
@@ -54,6 +66,10 @@ pub struct SimConfig {
     pub api_secret: String,
     /// `127.0.0.1:0` by default: a free port on loopback.
     pub listen: SocketAddr,
+    /// Where events are POSTed (None by default: events are not delivered). See `SimHandle::set_webhook_url`.
+    pub webhook_url: Option<String>,
+    /// Send `call.hls_broadcasting_started/stopped/failed` instead of `call.broadcasting_*` (default false).
+    pub new_event_names: bool,
 }
 
 impl Default for SimConfig {
@@ -62,6 +78,8 @@ impl Default for SimConfig {
             api_key: "sim-key".into(),
             api_secret: "sim-secret".into(),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            webhook_url: None,
+            new_event_names: false,
         }
     }
 }
@@ -128,6 +146,10 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         config.api_secret,
         format!("http://{addr}"),
     ));
+    shared
+        .webhooks
+        .configure(config.webhook_url, config.new_event_names);
+    tokio::spawn(webhooks::run(shared.clone()));
     let app = Router::new()
         .merge(api::router())
         .merge(origin::router())
@@ -202,31 +224,127 @@ impl SimHandle {
         self.shared.add_call(call_type, id, setup);
     }
 
-    /// Starts broadcasting on the simulated origin, with a new session (so a new playlist URL; the previous
-    /// session's URLs then answer 404) unless a broadcast is already running. Takes the call back from a URL set
-    /// with `set_playlist_url`. False if the call is unknown.
-    pub fn start_broadcasting(&self, call_type: &str, id: &str) -> bool {
-        let clock = &self.shared.clock;
-        self.shared
-            .with_call(call_type, id, |c| c.start_broadcasting(clock))
-            .is_some()
+    /// Applies a lifecycle change as the API would (events included). None if the call is unknown, Some(false) if
+    /// it has ended and the change needs a call that has not.
+    fn apply(&self, call_type: &str, id: &str, op: Op) -> Option<bool> {
+        let shared = &self.shared;
+        shared.with_call(call_type, id, |c| {
+            shared.apply(c, call_type, id, op).is_ok()
+        })
     }
 
-    /// Stops broadcasting: media playlists get EXT-X-ENDLIST and stay served for `ENDED_RETENTION`. False if the
-    /// call is unknown.
+    /// Starts broadcasting on the simulated origin, with a new session (so a new playlist URL; the previous
+    /// session's URLs then answer 404) unless a broadcast is already running. Takes the call back from a URL set
+    /// with `set_playlist_url`. Emits `call.broadcasting_started` if the URL changed. False if the call is unknown
+    /// or has ended.
+    pub fn start_broadcasting(&self, call_type: &str, id: &str) -> bool {
+        self.apply(call_type, id, Op::StartBroadcasting) == Some(true)
+    }
+
+    /// Stops broadcasting: media playlists get EXT-X-ENDLIST and stay served for `ENDED_RETENTION`. Emits
+    /// `call.broadcasting_stopped` if it was broadcasting. False if the call is unknown.
     pub fn stop_broadcasting(&self, call_type: &str, id: &str) -> bool {
-        let clock = &self.shared.clock;
-        self.shared
-            .with_call(call_type, id, |c| c.stop_broadcasting(clock))
-            .is_some()
+        self.apply(call_type, id, Op::StopBroadcasting).is_some()
+    }
+
+    /// Stops broadcasting as a failure would: like `stop_broadcasting`, but the event is
+    /// `call.broadcasting_failed`. False if the call is unknown.
+    pub fn fail_broadcasting(&self, call_type: &str, id: &str) -> bool {
+        self.apply(call_type, id, Op::FailBroadcasting).is_some()
+    }
+
+    /// Takes the call out of backstage (`call.live_started` if it was not live), and with `start_hls` starts
+    /// broadcasting, as the `go_live` API does. False if the call is unknown or has ended.
+    pub fn go_live(&self, call_type: &str, id: &str, start_hls: bool) -> bool {
+        self.apply(call_type, id, Op::GoLive { start_hls }) == Some(true)
+    }
+
+    /// Back to backstage; HLS stops with it, as the `stop_live` API does. False if the call is unknown.
+    pub fn stop_live(&self, call_type: &str, id: &str) -> bool {
+        self.apply(call_type, id, Op::StopLive).is_some()
+    }
+
+    /// Ends the call, as `mark_ended` does: HLS stops, `ended_at` and `session.ended_at` are set, `call.ended` is
+    /// emitted (once). An ended call refuses to broadcast or go live; re-register it with `add_call`. False if the
+    /// call is unknown.
+    pub fn end_call(&self, call_type: &str, id: &str) -> bool {
+        self.apply(call_type, id, Op::End).is_some()
     }
 
     /// Points the call's `egress.hls.playlist_url` at any URL (another origin, a dead port) and marks it
-    /// broadcasting; registers the call if needed. A running simulated broadcast of the call stops.
+    /// broadcasting (`call.broadcasting_started` with that URL if it changed); registers the call if it is unknown
+    /// or has ended. A running simulated broadcast of the call stops.
     pub fn set_playlist_url(&self, call_type: &str, id: &str, url: &str) {
-        let clock = &self.shared.clock;
-        self.shared
-            .with_call_or_default(call_type, id, |c| c.set_external_url(url, clock));
+        let shared = &self.shared;
+        shared.with_call_or_default(call_type, id, |c| {
+            // A fresh call has not ended, so this cannot be refused.
+            let _ = shared.apply(c, call_type, id, Op::SetExternalUrl(url.to_owned()));
+        });
+    }
+
+    /// Registers an app-level user with a role (`host`, `admin` or `user`; others get a user's capabilities).
+    /// Unregistered users are hosts if their id starts with `host`, plain users otherwise.
+    pub fn add_user(&self, user_id: &str, role: &str) {
+        self.shared.roles.add_user(user_id, role);
+    }
+
+    /// Makes the user a member of the call with a call-level role, which beats its app-level one in that call.
+    /// The call need not exist yet, and members stay when the call is re-registered.
+    pub fn add_member(&self, call_type: &str, id: &str, user_id: &str, role: &str) {
+        self.shared.roles.add_member(call_type, id, user_id, role);
+    }
+
+    /// Where events go from now on (None: nowhere). Events already queued keep their URL.
+    pub fn set_webhook_url(&self, url: Option<String>) {
+        self.shared.webhooks.set_url(url);
+    }
+
+    /// Every delivery attempt so far, in order: event type, call, the receiver's status (None: no answer), attempt.
+    pub fn webhook_deliveries(&self) -> Vec<Delivery> {
+        self.shared.webhooks.deliveries()
+    }
+
+    /// The latest delivery attempt's exact body and headers, to replay or inspect.
+    pub fn last_webhook(&self) -> Option<SentWebhook> {
+        self.shared.webhooks.last()
+    }
+
+    /// POSTs `body` to the webhook URL with fresh delivery headers, signed as asked (correctly, with a wrong key,
+    /// or without `X-Signature`). Not logged in `webhook_deliveries`. The receiver's status, or None if there is
+    /// no webhook URL or no answer.
+    pub async fn send_webhook(&self, body: &[u8], signature: Signature) -> Option<u16> {
+        let (body, headers) =
+            webhooks::forged_or_signed(self.api_key(), self.api_secret(), body, signature);
+        self.post_webhook(&body, &headers).await
+    }
+
+    /// Sends the latest delivery again, byte for byte and with the same headers (same `X-Webhook-Id`), as a
+    /// duplicate delivery would arrive. None if nothing was delivered yet, there is no webhook URL or no answer.
+    pub async fn replay_last_webhook(&self) -> Option<u16> {
+        let (body, headers) = self.last_webhook()?;
+        self.post_webhook(&body, &headers).await
+    }
+
+    async fn post_webhook(&self, body: &[u8], headers: &[(String, String)]) -> Option<u16> {
+        let url = self.shared.webhooks.url()?;
+        webhooks::post(&webhooks::client()?, &url, body, headers).await
+    }
+
+    /// An event body of any `event_type` for the call as it is now, with `created_at` set `age` before the
+    /// simulator's clock (for out-of-order and stale deliveries); `*broadcasting_started` types carry
+    /// `hls_playlist_url`. Not queued, and it does not move the event clock. None if the call is unknown.
+    pub fn event_json(
+        &self,
+        event_type: &str,
+        call_type: &str,
+        id: &str,
+        age: Duration,
+    ) -> Option<Vec<u8>> {
+        let shared = &self.shared;
+        let created_ns = shared.clock.unix_ns() - age.as_nanos() as i128;
+        shared.with_call(call_type, id, |c| {
+            webhooks::call_event(shared, c, call_type, id, event_type, created_ns)
+        })
     }
 
     /// Makes the call's origin misbehave (or behave again with `OriginFault::None`). Ignored for unknown calls.
@@ -248,7 +366,7 @@ impl SimHandle {
         self.shared.counters.get_call()
     }
 
-    /// POST API requests (start/stop broadcasting, go/stop live) answered, whatever their status.
+    /// POST API requests (start/stop broadcasting, go/stop live, end call) answered, whatever their status.
     pub fn api_action_requests(&self) -> u64 {
         self.shared.counters.actions()
     }
@@ -275,7 +393,7 @@ impl SimHandle {
         self.token(json!({ "server": true, "iat": unix_now() }))
     }
 
-    /// A user token valid for an hour. Users whose id starts with `host` may start and stop broadcasts.
+    /// A user token valid for an hour. What the user may do depends on its role (see `add_user`, `add_member`).
     pub fn user_token(&self, user_id: &str) -> String {
         let now = unix_now();
         self.token(json!({ "user_id": user_id, "iat": now, "exp": now + 3600 }))

@@ -1,7 +1,9 @@
-//! The simulator's shared state: registered calls, their broadcasts, and request counters.
+//! The simulator's shared state: registered calls, their lifecycle, and request counters.
 //!
 //! One `std::sync::Mutex` guards the calls; it is never held across an `.await` (handlers copy what they need
-//! out and release it before writing a body).
+//! out and release it before writing a body). Lifecycle changes (`Shared::apply`) emit their events while the
+//! call is still locked, so a call's events are queued in the order its state changed. Lock order: calls first,
+//! then roles or webhooks; never the other way round.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +14,8 @@ use tokio::sync::watch;
 
 use super::clock::Clock;
 use super::hls::{PREROLL, UriSigner, Window, session_dir};
+use super::roles::Roles;
+use super::webhooks::{self, EventKind, Webhooks};
 use super::{CallSetup, OriginFault};
 
 /// How long a stopped broadcast's playlists and segments stay served (with EXT-X-ENDLIST), as a CDN keeps serving
@@ -65,6 +69,8 @@ pub struct Call {
     pub broadcast: Option<Broadcast>,
     /// Set by `SimHandle::set_playlist_url`: the call broadcasts from some other origin.
     pub external_url: Option<String>,
+    /// When the call was ended (`mark_ended`); an ended call can no longer broadcast or go live.
+    pub ended_ms: Option<i64>,
 }
 
 impl Call {
@@ -78,6 +84,7 @@ impl Call {
             live_ended_ms: None,
             broadcast: None,
             external_url: None,
+            ended_ms: None,
         };
         if !call.backstage {
             call.live_started_ms = Some(call.created_ms);
@@ -99,17 +106,22 @@ impl Call {
     }
 
     /// Starts a new broadcast (new session, new URL) unless one is running; takes the call back from an
-    /// external origin.
-    pub fn start_broadcasting(&mut self, clock: &Clock) {
-        self.external_url = None;
+    /// external origin. True if the playlist URL changed (a broadcast started or replaced the external URL).
+    pub fn start_broadcasting(&mut self, clock: &Clock) -> bool {
+        let was_external = self.external_url.take().is_some();
         if self.running().is_none() {
             self.broadcast = Some(Broadcast::start(clock));
+            return true;
         }
+        was_external
     }
 
-    pub fn stop_broadcasting(&mut self, clock: &Clock) {
+    /// True if the call was broadcasting.
+    pub fn stop_broadcasting(&mut self, clock: &Clock) -> bool {
+        let was = self.broadcasting();
         self.external_url = None;
         self.end_broadcast(clock);
+        was
     }
 
     fn end_broadcast(&mut self, clock: &Clock) {
@@ -118,9 +130,46 @@ impl Call {
         }
     }
 
-    pub fn set_external_url(&mut self, url: &str, clock: &Clock) {
+    /// True if the playlist URL changed.
+    pub fn set_external_url(&mut self, url: &str, clock: &Clock) -> bool {
+        let changed = self.external_url.as_deref() != Some(url);
+        let was_running = self.running().is_some();
         self.end_broadcast(clock);
         self.external_url = Some(url.to_owned());
+        changed || was_running
+    }
+
+    /// Leaves backstage. True if the call was not live.
+    fn go_live(&mut self, clock: &Clock) -> bool {
+        if !self.backstage && self.live_started_ms.is_some() && self.live_ended_ms.is_none() {
+            return false;
+        }
+        self.backstage = false;
+        self.live_started_ms = Some(clock.unix_ms());
+        self.live_ended_ms = None;
+        true
+    }
+
+    /// Back to backstage (HLS is stopped separately).
+    fn stop_live(&mut self, clock: &Clock) {
+        self.backstage = true;
+        if self.live_started_ms.is_some() && self.live_ended_ms.is_none() {
+            self.live_ended_ms = Some(clock.unix_ms());
+        }
+    }
+
+    /// Ends the call and its broadcast. True if it had not ended yet.
+    fn end(&mut self, clock: &Clock) -> bool {
+        if self.ended_ms.is_some() {
+            return false;
+        }
+        self.stop_broadcasting(clock);
+        let now = clock.unix_ms();
+        if self.live_started_ms.is_some() && self.live_ended_ms.is_none() {
+            self.live_ended_ms = Some(now);
+        }
+        self.ended_ms = Some(now);
+        true
     }
 
     /// The playlist URL Stream would report in `egress.hls`: only while broadcasting.
@@ -194,6 +243,25 @@ impl Counters {
     }
 }
 
+/// A change to a call's lifecycle, from the API or a `SimHandle`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    StartBroadcasting,
+    StopBroadcasting,
+    /// HLS stops with a failure (`call.broadcasting_failed`).
+    FailBroadcasting,
+    GoLive {
+        start_hls: bool,
+    },
+    StopLive,
+    End,
+    SetExternalUrl(String),
+}
+
+/// The call has ended, so it cannot start broadcasting or go live again.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CallEnded;
+
 /// Everything the server's handlers and the `SimHandle`s share.
 pub struct Shared {
     pub api_key: String,
@@ -202,6 +270,8 @@ pub struct Shared {
     pub signer: UriSigner,
     pub clock: Clock,
     pub counters: Counters,
+    pub roles: Roles,
+    pub webhooks: Webhooks,
     /// Flips to `true` once on shutdown; stalled requests wait for it so the server can stop.
     pub shutdown: watch::Sender<bool>,
     calls: Mutex<HashMap<(String, String), Call>>,
@@ -216,6 +286,8 @@ impl Shared {
             signer: UriSigner::new(rand::random()),
             clock: Clock::default(),
             counters: Counters::default(),
+            roles: Roles::default(),
+            webhooks: Webhooks::default(),
             shutdown: watch::Sender::new(false),
             calls: Mutex::new(HashMap::new()),
         }
@@ -241,22 +313,89 @@ impl Shared {
         lock(&self.calls).get_mut(&Self::key(call_type, id)).map(f)
     }
 
-    /// Runs `f` on the call, registering it with the default setup (not broadcasting) first if needed.
+    /// Runs `f` on the call, registering it with the default setup (not broadcasting) first if it is unknown or
+    /// has ended.
     pub fn with_call_or_default<R>(
         &self,
         call_type: &str,
         id: &str,
         f: impl FnOnce(&mut Call) -> R,
     ) -> R {
-        let mut calls = lock(&self.calls);
-        let call = calls.entry(Self::key(call_type, id)).or_insert_with(|| {
+        let fresh = || {
             let setup = CallSetup {
                 broadcasting: false,
                 ..CallSetup::default()
             };
             Call::new(setup, &self.clock)
-        });
+        };
+        let mut calls = lock(&self.calls);
+        let call = calls.entry(Self::key(call_type, id)).or_insert_with(fresh);
+        if call.ended_ms.is_some() {
+            *call = fresh();
+        }
         f(call)
+    }
+
+    /// Applies `op` to `call` (which the caller holds through `with_call`) and emits the events it causes, each
+    /// with the call as it is right after its step. Operations that change nothing (stopping a stopped broadcast,
+    /// ending an ended call) emit nothing.
+    pub fn apply(
+        &self,
+        call: &mut Call,
+        call_type: &str,
+        id: &str,
+        op: Op,
+    ) -> Result<(), CallEnded> {
+        let clock = &self.clock;
+        let ended = call.ended_ms.is_some();
+        let emit = |call: &Call, kind| webhooks::emit(self, call, call_type, id, kind);
+        match op {
+            Op::StartBroadcasting | Op::GoLive { .. } | Op::SetExternalUrl(_) if ended => {
+                return Err(CallEnded);
+            }
+            Op::StartBroadcasting => {
+                if call.start_broadcasting(clock) {
+                    emit(call, EventKind::BroadcastingStarted);
+                }
+            }
+            Op::StopBroadcasting => {
+                if call.stop_broadcasting(clock) {
+                    emit(call, EventKind::BroadcastingStopped);
+                }
+            }
+            Op::FailBroadcasting => {
+                if call.stop_broadcasting(clock) {
+                    emit(call, EventKind::BroadcastingFailed);
+                }
+            }
+            Op::GoLive { start_hls } => {
+                if call.go_live(clock) {
+                    emit(call, EventKind::LiveStarted);
+                }
+                if start_hls && call.start_broadcasting(clock) {
+                    emit(call, EventKind::BroadcastingStarted);
+                }
+            }
+            Op::StopLive => {
+                // "Once the live ended, the HLS broadcast will be stopped as well" (Stream's HLS docs).
+                call.stop_live(clock);
+                if call.stop_broadcasting(clock) {
+                    emit(call, EventKind::BroadcastingStopped);
+                }
+            }
+            // HLS ends with the call; `call.ended` is the only event, as the relay must treat it as the end of HLS.
+            Op::End => {
+                if call.end(clock) {
+                    emit(call, EventKind::Ended);
+                }
+            }
+            Op::SetExternalUrl(url) => {
+                if call.set_external_url(&url, clock) {
+                    emit(call, EventKind::BroadcastingStarted);
+                }
+            }
+        }
+        Ok(())
     }
 }
 

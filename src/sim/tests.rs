@@ -1,5 +1,6 @@
 //! The simulator over real HTTP on 127.0.0.1:0, as the relay's tests will use it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode, redirect};
@@ -613,4 +614,368 @@ async fn faults_slow_and_truncated_bodies() {
         fetch(&segment_url).await.bytes().await.unwrap_or_default(),
         whole
     );
+}
+
+/// A webhook receiver on 127.0.0.1:0 that records every request. It answers `script`'s statuses in turn, then 200;
+/// with `verify` it answers 401 to requests whose `X-Signature` is missing or wrong, as the relay must.
+struct Receiver {
+    url: String,
+    requests: Log,
+}
+
+type Log = Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+
+impl Receiver {
+    async fn start(verify: Option<&str>, script: &[u16]) -> Receiver {
+        use axum::extract::State;
+        let requests: Log = Arc::default();
+        let secret = verify.map(str::to_owned);
+        let script = script.to_vec();
+        let handler = move |State(log): State<Log>,
+                            headers: axum::http::HeaderMap,
+                            body: axum::body::Bytes| {
+            let secret = secret.clone();
+            let script = script.clone();
+            async move {
+                let signed = headers
+                    .get("x-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|sig| secret.as_deref().is_none_or(|s| hmac_hex(s, &body) == sig));
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                let status = if secret.is_some() && !signed {
+                    401
+                } else {
+                    script.get(log.len()).copied().unwrap_or(200)
+                };
+                log.push((headers, body.to_vec()));
+                axum::http::StatusCode::from_u16(status).unwrap_or_default()
+            }
+        };
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(handler))
+            .with_state(requests.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("receiver binds");
+        let addr = listener.local_addr().expect("receiver address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            requests,
+        }
+    }
+
+    fn requests(&self) -> Vec<(axum::http::HeaderMap, Vec<u8>)> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The signature computed independently of the simulator.
+fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn header(headers: &axum::http::HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn sim_with_webhook(url: &str, new_event_names: bool) -> SimHandle {
+    start(SimConfig {
+        webhook_url: Some(url.to_owned()),
+        new_event_names,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator binds")
+}
+
+fn delivered(sim: &SimHandle) -> Vec<(String, Option<u16>, u32)> {
+    sim.webhook_deliveries()
+        .into_iter()
+        .map(|d| (d.event_type, d.status, d.attempt))
+        .collect()
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_and_retried_after_a_500() {
+    let receiver = Receiver::start(None, &[500]).await;
+    let sim = sim_with_webhook(&receiver.url, false).await;
+    sim.add_call(
+        CALL_TYPE,
+        "abc",
+        CallSetup {
+            broadcasting: false,
+            ..CallSetup::default()
+        },
+    );
+    let (status, _) = post(&sim, "abc", "start_broadcasting", &sim.user_token("host-1")).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_until(|| sim.webhook_deliveries().len() == 2).await;
+    let started = "call.broadcasting_started".to_owned();
+    assert_eq!(
+        delivered(&sim),
+        [(started.clone(), Some(500), 1), (started, Some(200), 2)]
+    );
+    assert_eq!(sim.webhook_deliveries()[0].call_cid, "livestream:abc");
+
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2);
+    let (first, body) = &requests[0];
+    assert_eq!(
+        header(first, "x-signature"),
+        hmac_hex(sim.api_secret(), body)
+    );
+    assert_eq!(header(first, "x-api-key"), sim.api_key());
+    assert_eq!(header(first, "content-type"), "application/json");
+    assert_eq!(header(first, "x-webhook-attempt"), "1");
+    let (second, retried) = &requests[1];
+    assert_eq!(retried, body, "a retry sends the same bytes");
+    assert_eq!(header(second, "x-webhook-attempt"), "2");
+    assert_eq!(
+        header(second, "x-webhook-id"),
+        header(first, "x-webhook-id")
+    );
+    assert_eq!(header(first, "x-webhook-id").len(), 36);
+
+    let event: Value = serde_json::from_slice(body).unwrap_or_default();
+    assert_eq!(event["type"], "call.broadcasting_started");
+    assert_eq!(event["call_cid"], "livestream:abc");
+    assert_eq!(event["call"]["egress"]["broadcasting"], true);
+    assert_eq!(
+        event["hls_playlist_url"],
+        json!(sim.playlist_url(CALL_TYPE, "abc"))
+    );
+    let created = event["created_at"].as_str().unwrap_or_default();
+    assert!(
+        created.len() == "2024-05-01T12:00:00.000000000Z".len() && created.ends_with('Z'),
+        "{created}"
+    );
+    assert_eq!(
+        sim.last_webhook().map(|(b, _)| b).as_ref(),
+        Some(body),
+        "the last attempt is kept"
+    );
+}
+
+#[tokio::test]
+async fn the_lifecycle_emits_its_events_in_order() {
+    let receiver = Receiver::start(None, &[]).await;
+    let sim = sim_with_webhook(&receiver.url, false).await;
+    sim.add_call(
+        CALL_TYPE,
+        "abc",
+        CallSetup {
+            broadcasting: false,
+            backstage: true,
+            ..CallSetup::default()
+        },
+    );
+    sim.add_user("bob", "user");
+    sim.add_member(CALL_TYPE, "abc", "carol", "host");
+
+    let (status, body) = post(&sim, "abc", "mark_ended", &sim.user_token("bob")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    stream_error(&body, 17, 403);
+    assert_eq!(
+        body["message"],
+        "EndCall failed with error: \"User 'bob' with role 'user' is not allowed to perform action end-call in \
+         scope 'video:livestream'\""
+    );
+
+    assert!(sim.go_live(CALL_TYPE, "abc", true));
+    assert!(sim.stop_broadcasting(CALL_TYPE, "abc"));
+    assert!(
+        sim.stop_broadcasting(CALL_TYPE, "abc"),
+        "no change, no event"
+    );
+    let (status, _) = post(&sim, "abc", "mark_ended", &sim.user_token("carol")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post(&sim, "abc", "mark_ended", &sim.server_token()).await;
+    assert_eq!(status, StatusCode::OK, "ending twice is harmless");
+
+    let (_, body) = get_call(&sim, "abc").await;
+    assert!(body["call"]["ended_at"].is_string(), "{body}");
+    assert!(body["call"]["session"]["ended_at"].is_string(), "{body}");
+    assert_eq!(body["call"]["egress"]["broadcasting"], false);
+    let (status, body) = post(&sim, "abc", "start_broadcasting", &sim.server_token()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    stream_error(&body, 4, 400);
+    assert!(!sim.start_broadcasting(CALL_TYPE, "abc"));
+
+    wait_until(|| receiver.requests().len() == 4).await;
+    let events: Vec<Value> = receiver
+        .requests()
+        .iter()
+        .map(|(_, body)| serde_json::from_slice(body).unwrap_or_default())
+        .collect();
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "call.live_started",
+            "call.broadcasting_started",
+            "call.broadcasting_stopped",
+            "call.ended"
+        ]
+    );
+    assert_eq!(events[0]["call"]["backstage"], false);
+    assert_eq!(
+        events[0]["call"]["egress"]["broadcasting"], false,
+        "before HLS"
+    );
+    assert!(events[3]["call"]["ended_at"].is_string());
+    let times: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["created_at"].as_str())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    assert_eq!(sim.api_action_requests(), 4);
+}
+
+#[tokio::test]
+async fn new_event_names_and_failures() {
+    let receiver = Receiver::start(None, &[]).await;
+    let sim = sim_with_webhook(&receiver.url, true).await;
+    sim.set_playlist_url(CALL_TYPE, "ext", "http://127.0.0.1:9/live/master.m3u8");
+    assert!(sim.fail_broadcasting(CALL_TYPE, "ext"));
+    wait_until(|| sim.webhook_deliveries().len() == 2).await;
+    assert_eq!(
+        delivered(&sim),
+        [
+            ("call.hls_broadcasting_started".to_owned(), Some(200), 1),
+            ("call.hls_broadcasting_failed".to_owned(), Some(200), 1)
+        ]
+    );
+    let started: Value = serde_json::from_slice(&receiver.requests()[0].1).unwrap_or_default();
+    assert_eq!(
+        started["hls_playlist_url"],
+        "http://127.0.0.1:9/live/master.m3u8"
+    );
+}
+
+#[tokio::test]
+async fn forged_missing_and_replayed_webhooks() {
+    let receiver = Receiver::start(Some("sim-secret"), &[]).await;
+    let sim = sim().await;
+    let body = br#"{"type":"call.ended","call_cid":"livestream:abc"}"#;
+    assert_eq!(
+        sim.send_webhook(body, Signature::Valid).await,
+        None,
+        "no URL yet"
+    );
+    sim.set_webhook_url(Some(receiver.url.clone()));
+    assert_eq!(sim.send_webhook(body, Signature::Valid).await, Some(200));
+    assert_eq!(sim.send_webhook(body, Signature::Forged).await, Some(401));
+    assert_eq!(sim.send_webhook(body, Signature::Missing).await, Some(401));
+    assert!(
+        sim.webhook_deliveries().is_empty(),
+        "hand-sent webhooks are not deliveries"
+    );
+
+    sim.add_call(CALL_TYPE, "abc", CallSetup::default());
+    assert!(sim.end_call(CALL_TYPE, "abc"));
+    wait_until(|| sim.webhook_deliveries().len() == 1).await;
+    assert_eq!(sim.replay_last_webhook().await, Some(200));
+    let requests = receiver.requests();
+    let (delivered, replayed) = (&requests[3], &requests[4]);
+    assert_eq!(delivered.1, replayed.1);
+    assert_eq!(
+        header(&delivered.0, "x-webhook-id"),
+        header(&replayed.0, "x-webhook-id")
+    );
+
+    let stale = sim
+        .event_json(
+            "call.broadcasting_started",
+            CALL_TYPE,
+            "abc",
+            Duration::from_secs(60),
+        )
+        .expect("known call");
+    let stale: Value = serde_json::from_slice(&stale).unwrap_or_default();
+    let ended: Value = serde_json::from_slice(&delivered.1).unwrap_or_default();
+    assert!(
+        stale["created_at"].as_str() < ended["created_at"].as_str(),
+        "{stale} {ended}"
+    );
+    assert!(stale["hls_playlist_url"].is_string());
+    assert_eq!(
+        sim.event_json("call.ended", CALL_TYPE, "nope", Duration::ZERO),
+        None
+    );
+}
+
+#[tokio::test]
+async fn unreachable_receivers_get_three_attempts() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let sim = sim_with_webhook(&format!("http://{closed}/hook"), false).await;
+    sim.add_call(CALL_TYPE, "abc", CallSetup::default());
+    assert!(sim.stop_broadcasting(CALL_TYPE, "abc"));
+    wait_until(|| sim.webhook_deliveries().len() == 3).await;
+    let stopped = "call.broadcasting_stopped".to_owned();
+    assert_eq!(
+        delivered(&sim),
+        [
+            (stopped.clone(), None, 1),
+            (stopped.clone(), None, 2),
+            (stopped, None, 3)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn explicit_roles_replace_the_host_prefix() {
+    let sim = sim().await;
+    sim.add_call(CALL_TYPE, "abc", CallSetup::default());
+    sim.add_user("host-demoted", "user");
+    sim.add_user("root", "admin");
+    let (status, body) = post(
+        &sim,
+        "abc",
+        "stop_broadcasting",
+        &sim.user_token("host-demoted"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("role 'user'") && m.contains("stop-broadcast-call")),
+        "{body}"
+    );
+    let (status, _) = post(&sim, "abc", "stop_broadcasting", &sim.user_token("root")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    sim.add_member(CALL_TYPE, "abc", "host-demoted", "host");
+    let (status, body) = api(
+        &sim,
+        reqwest::Method::GET,
+        "abc",
+        &sim.user_token("host-demoted"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body["own_capabilities"]
+            .as_array()
+            .is_some_and(|c| c.contains(&json!("start-broadcast-call")))
+    );
+    assert!(body["members"].as_array().is_some_and(|m| {
+        m.iter()
+            .any(|m| m["user_id"] == "host-demoted" && m["role"] == "host")
+    }));
 }
