@@ -18,9 +18,11 @@ use futures_util::Stream;
 use tokio::sync::watch;
 
 use crate::error::RelayError;
+use crate::playlist::PlaylistInfo;
 
 /// A complete, verified response as the relay serves it. Headers are computed once, when it is stored.
-#[derive(Debug)]
+/// Cloning shares the body.
+#[derive(Debug, Clone)]
 pub struct CachedObject {
     pub status: StatusCode,
     pub body: Bytes,
@@ -33,6 +35,8 @@ pub struct CachedObject {
     pub keep_for: Duration,
     /// A media playlist without EXT-X-ENDLIST: the one kind that must be ended when its broadcast stops.
     pub live_playlist: bool,
+    /// What the relay read from a playlist, for LL-HLS blocking requests.
+    pub playlist: Option<Arc<PlaylistInfo>>,
 }
 
 impl CachedObject {
@@ -373,6 +377,11 @@ impl Cache {
             .invalidate_entries_if(move |key, _| key.starts_with(&prefix));
     }
 
+    /// Stores an object outside a fill (a newer playlist version learnt through a blocking request).
+    pub fn store(&self, key: &str, object: Arc<CachedObject>) {
+        self.inner.store.insert(Arc::from(key), object);
+    }
+
     /// The cached object, fresh or not, without starting anything.
     pub fn peek(&self, key: &str) -> Option<Arc<CachedObject>> {
         self.inner.store.get(key)
@@ -431,6 +440,7 @@ mod tests {
             fresh_until: now + fresh_for,
             keep_for: fresh_for + Duration::from_secs(60),
             live_playlist: false,
+            playlist: None,
         }
     }
 

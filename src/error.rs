@@ -29,6 +29,8 @@ pub enum RelayError {
     BadUpstreamPlaylist(String),
     #[error("{0}")]
     UpstreamTimeout(String),
+    #[error("{0}")]
+    NotReady(String),
 }
 
 impl RelayError {
@@ -43,6 +45,7 @@ impl RelayError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamError(_) | Self::BadUpstreamPlaylist(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -58,6 +61,7 @@ impl RelayError {
             Self::UpstreamError(_) => "upstream_error",
             Self::BadUpstreamPlaylist(_) => "bad_upstream_playlist",
             Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::NotReady(_) => "not_ready",
         }
     }
 

@@ -22,10 +22,13 @@
 //! failures become HTTP. [`sim`] is a simulated Stream backend for tests, benchmarks and [`demo`].
 #![forbid(unsafe_code)]
 
+pub mod blocking;
 pub mod cache;
 pub mod call;
+pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod embed;
 pub mod error;
 pub mod live;
 pub mod playlist;

@@ -44,6 +44,8 @@ enum Command {
         #[arg(long = "call", value_name = "TYPE:ID=URL")]
         calls: Vec<String>,
     },
+    /// Operate one call through the Stream API: get, start-hls, stop-hls, go-live, stop-live.
+    Call(hls_relay::cli::CallArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,20 +62,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
+    runtime.block_on(async {
+        let result = match cli.command {
             Command::Serve { config, listen } => serve(config, listen).await,
             Command::Demo { listen } => demo::run(listen).await,
             Command::Sim { listen, calls } => demo::run_simulator(listen, &calls).await,
+            // `call` has exit codes of its own (1: Stream refused, 2: usage or config).
+            Command::Call(args) => return hls_relay::cli::run(args).await,
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("hls-relay: {error}");
+                ExitCode::FAILURE
+            }
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("hls-relay: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 async fn serve(

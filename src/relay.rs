@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use url::Url;
 
+use crate::blocking::{self, Directives};
 use crate::cache::{
     Cache, CachedObject, Fill, FillStart, FillWriter, Lookup, StreamHead, etag_for,
 };
@@ -348,6 +349,149 @@ impl Relay {
         }
     }
 
+    /// A playlist request with LL-HLS delivery directives (`_HLS_msn`, `_HLS_part`, `_HLS_skip`): answered at once
+    /// when the cached version holds what was asked, else held until a version does. Every viewer waiting for the
+    /// same version shares one fill: one blocking request upstream when upstream can block, else the relay's own
+    /// re-reads of the playlist.
+    pub async fn blocking_object(
+        &self,
+        call: &CallId,
+        path: &str,
+        location: &str,
+        seal: &str,
+        file: &str,
+        directives: Directives,
+    ) -> Result<Served, RelayError> {
+        let current = self.object(call, path, location, seal, file).await?;
+        let info = match &current {
+            Served::Whole { object, .. } => match &object.playlist {
+                Some(info) => info.clone(),
+                None => return Ok(current),
+            },
+            // Directives mean nothing for media.
+            Served::Streaming { .. } => return Ok(current),
+        };
+        blocking::check_reachable(&info, &directives)
+            .map_err(|e| RelayError::BadRequest(e.to_string()))?;
+        let wants_delta = directives.skip.is_some() && info.can_skip_until.is_some();
+        if !wants_delta && blocking::satisfies(&info, &directives) {
+            return Ok(current);
+        }
+        let key = format!("{path}?{}", directives.query());
+        let (fill, writer) = match self.inner.cache.lookup(&key) {
+            Lookup::Fresh(object) => return Ok(self.hit(object)),
+            Lookup::Filling { fill, writer, .. } => (fill, writer),
+        };
+        let outcome = self.count_fill(writer.is_some());
+        if let Some(writer) = writer {
+            let object = self
+                .inner
+                .signer
+                .verify(call, location, seal, file)
+                .map_err(|e| RelayError::BadRequest(e.to_string()))?;
+            let relay = self.clone();
+            let call = call.clone();
+            let (path, location) = (path.to_owned(), location.to_owned());
+            tokio::spawn(async move {
+                let target = Target {
+                    call: &call,
+                    url: object.url,
+                    served_at: Some(&location),
+                    ended: false,
+                };
+                let wait = Wait {
+                    base_key: &path,
+                    directives,
+                    upstream_blocks: info.can_block_reload,
+                    wants_delta,
+                    deadline: tokio::time::Instant::now() + blocking::hold_limit(&info),
+                    poll: blocking::poll_interval(&info),
+                };
+                relay.fill_blocking(writer, target, wait).await
+            });
+        }
+        let object = fill.complete().await?;
+        Ok(Served::Whole {
+            object,
+            outcome,
+            stale: false,
+        })
+    }
+
+    /// Fetches versions of a playlist until one answers `wait.directives` or the hold limit passes.
+    async fn fill_blocking(&self, writer: FillWriter, target: Target<'_>, wait: Wait<'_>) {
+        let (playlist_url, ended) = match self.playlist_for_objects(target.call).await {
+            Ok(found) => found,
+            Err(error) => return writer.fail(error),
+        };
+        let target = Target { ended, ..target };
+        let policy = self.host_policy(&playlist_url);
+        let max = self.inner.config.upstream.max_playlist_bytes.as_u64();
+        let forward = wait.upstream_blocks || wait.wants_delta;
+        let mut url = target.url.clone();
+        if forward {
+            // Upstream holds the request itself; its query (a CDN signature) is kept and the directives added.
+            let query = match url.query() {
+                Some(query) => format!("{query}&{}", wait.directives.query()),
+                None => wait.directives.query(),
+            };
+            url.set_query(Some(&query));
+        }
+        loop {
+            let hold = wait
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now());
+            let fetched = self
+                .inner
+                .upstream
+                .get_held(
+                    url.clone(),
+                    policy,
+                    "playlist",
+                    hold.max(Duration::from_millis(1)),
+                )
+                .await;
+            let object = match fetched {
+                Ok(response) => self.rewritten_playlist(response, &target, max).await,
+                Err(error) => Err(error.into()),
+            };
+            match object {
+                Ok(mut object) => {
+                    let info = object
+                        .playlist
+                        .clone()
+                        .expect("rewritten playlists carry their info");
+                    if blocking::satisfies(&info, &wait.directives) || wait.wants_delta {
+                        if !wait.wants_delta {
+                            // Non-blocking viewers of the playlist get the newer version too.
+                            self.inner
+                                .cache
+                                .store(wait.base_key, Arc::new(object.clone()));
+                        }
+                        let max_age = blocking::blocking_max_age(&info);
+                        object.cache_control =
+                            HeaderValue::try_from(format!("public, max-age={}", max_age.as_secs()))
+                                .expect("ASCII");
+                        object.fresh_until = object.stored_at + max_age;
+                        object.keep_for = max_age;
+                        object.live_playlist = false;
+                        writer.finish(object);
+                        return;
+                    }
+                }
+                Err(RelayError::UpstreamTimeout(_)) if forward => {}
+                Err(error) => return writer.fail(error),
+            }
+            if tokio::time::Instant::now() + wait.poll >= wait.deadline {
+                return writer.fail(RelayError::NotReady(format!(
+                    "the playlist did not reach media sequence {} in time",
+                    wait.directives.msn.unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(wait.poll).await;
+        }
+    }
+
     fn hit(&self, object: Arc<CachedObject>) -> Served {
         self.count(CacheOutcome::Hit);
         Served::Whole {
@@ -418,33 +562,41 @@ impl Relay {
         kind: ObjectKind,
         file: &str,
     ) {
-        // After a broadcast stops, players finishing it still fetch from its last playlist's host; the
-        // playlists they get are ended.
-        let (playlist_url, ended) = match self.resolve(target.call).await {
-            Ok(Resolution::Live { playlist_url }) => (Some(playlist_url), false),
-            Ok(_) => (self.inner.resolver.last_live_url(target.call), true),
+        let (playlist_url, ended) = match self.playlist_for_objects(target.call).await {
+            Ok(found) => found,
             Err(error) => return writer.fail(error),
         };
         let target = Target { ended, ..target };
-        let policy = HostPolicy {
-            playlist_host: playlist_url.as_ref().and_then(Url::host_str),
-            allowed_hosts: &self.inner.config.upstream.allowed_hosts,
-        };
-        if playlist_url.is_none() {
-            // No playlist was ever seen live for this call here: nothing to finish.
-            return writer.fail(self.not_broadcasting(target.call));
-        }
+        let policy = self.host_policy(&playlist_url);
         match kind {
             ObjectKind::Playlist => self.fill_playlist_within(writer, target, policy).await,
             ObjectKind::Media => self.fill_media(writer, target, policy, file).await,
         }
     }
 
-    async fn fill_playlist(&self, writer: FillWriter, target: Target<'_>, playlist_url: &Url) {
-        let policy = HostPolicy {
+    /// The playlist URL whose host the call's objects may come from, and whether the call is off air. After a
+    /// broadcast stops, players finishing it still fetch from its last playlist's host; the playlists they get are
+    /// ended.
+    async fn playlist_for_objects(&self, call: &CallId) -> Result<(Url, bool), RelayError> {
+        match self.resolve(call).await? {
+            Resolution::Live { playlist_url } => Ok((playlist_url, false)),
+            _ => match self.inner.resolver.last_live_url(call) {
+                Some(url) => Ok((url, true)),
+                // No playlist was ever seen live for this call here: nothing to finish.
+                None => Err(self.not_broadcasting(call)),
+            },
+        }
+    }
+
+    fn host_policy<'a>(&'a self, playlist_url: &'a Url) -> HostPolicy<'a> {
+        HostPolicy {
             playlist_host: playlist_url.host_str(),
             allowed_hosts: &self.inner.config.upstream.allowed_hosts,
-        };
+        }
+    }
+
+    async fn fill_playlist(&self, writer: FillWriter, target: Target<'_>, playlist_url: &Url) {
+        let policy = self.host_policy(playlist_url);
         self.fill_playlist_within(writer, target, policy).await
     }
 
@@ -512,6 +664,7 @@ impl Relay {
             freshness.fresh_for + STALE_IF_ERROR,
         );
         object.live_playlist = info.kind == PlaylistKind::Media && !info.ended && !end_it;
+        object.playlist = Some(Arc::new(info));
         Ok(object)
     }
 
@@ -612,6 +765,20 @@ impl Relay {
     }
 }
 
+/// What a blocking fill waits for, and how.
+struct Wait<'a> {
+    /// The playlist's own cache key, updated with newer versions found on the way.
+    base_key: &'a str,
+    directives: Directives,
+    /// Upstream advertises CAN-BLOCK-RELOAD=YES: forward the directives and let it hold the request.
+    upstream_blocks: bool,
+    /// A delta update upstream offers (CAN-SKIP-UNTIL): only upstream can produce it.
+    wants_delta: bool,
+    deadline: tokio::time::Instant,
+    /// Between re-reads when upstream cannot block.
+    poll: Duration,
+}
+
 /// Which upstream object a fill fetches, for which call, and where the relay serves it.
 struct Target<'a> {
     call: &'a CallId,
@@ -663,6 +830,7 @@ fn stored(
         fresh_until: now + freshness.fresh_for,
         keep_for,
         live_playlist: false,
+        playlist: None,
     }
 }
 

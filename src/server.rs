@@ -18,6 +18,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
+use crate::blocking::Directives;
 use crate::cache::CachedObject;
 use crate::call::CallId;
 use crate::config::Config;
@@ -71,6 +72,7 @@ pub fn router(relay: Relay) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
+        .merge(crate::embed::routes())
         .fallback(|| async { RelayError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async {
             (
@@ -454,7 +456,11 @@ fn public_base(config: &Config, headers: &HeaderMap, uri: &Uri) -> String {
 /// `GET /hls/{type}/{id}/index.m3u8` and `GET /hls/{type}/{id}/{location}/{seal}/{file}`. The raw path is used, not
 /// a decoded one: signatures cover the URL exactly as the relay wrote it.
 async fn hls(State(relay): State<Relay>, request: Request) -> Result<Response, RelayError> {
-    let (path, headers) = (request.uri().path(), request.headers());
+    let (path, query, headers) = (
+        request.uri().path(),
+        request.uri().query(),
+        request.headers(),
+    );
     let rest = path.strip_prefix("/hls/").unwrap_or_default();
     let mut parts = rest.splitn(5, '/');
     let (kind, id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -463,7 +469,15 @@ async fn hls(State(relay): State<Relay>, request: Request) -> Result<Response, R
         match (parts.next(), parts.next(), parts.next()) {
             (Some(ENTRY_PLAYLIST), None, None) => relay.entry_playlist(&call, path).await,
             (Some(location), Some(seal), Some(file)) if !file.contains('/') => {
-                relay.object(&call, path, location, seal, file).await
+                let directives =
+                    Directives::parse(query).map_err(|e| RelayError::BadRequest(e.to_string()))?;
+                if directives.is_empty() {
+                    relay.object(&call, path, location, seal, file).await
+                } else {
+                    relay
+                        .blocking_object(&call, path, location, seal, file, directives)
+                        .await
+                }
             }
             _ => Err(RelayError::NotFound("no such resource".into())),
         }

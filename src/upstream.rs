@@ -4,7 +4,7 @@
 //! final URL (the base for a playlist's relative URIs) is known.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::{Bytes, BytesMut};
@@ -176,9 +176,23 @@ impl Upstream {
         policy: HostPolicy<'_>,
         kind: &'static str,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        self.get_held(url, policy, kind, self.config.first_byte_timeout)
+            .await
+    }
+
+    /// As [`Self::get`], for a request upstream may hold before answering (an LL-HLS blocking playlist reload):
+    /// the response head may take up to `hold`.
+    pub async fn get_held(
+        &self,
+        url: Url,
+        policy: HostPolicy<'_>,
+        kind: &'static str,
+        hold: Duration,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.config.total_timeout;
-        let result = self.follow(url, policy, deadline).await;
+        let now = tokio::time::Instant::now();
+        let deadline = now + self.config.total_timeout.max(hold);
+        let result = self.follow(url, policy, now + hold, deadline).await;
         let status_label = match &result {
             Ok(response) => response.status.as_str().to_owned(),
             Err(UpstreamError::Status(status)) => status.as_str().to_owned(),
@@ -201,10 +215,9 @@ impl Upstream {
         &self,
         mut url: Url,
         policy: HostPolicy<'_>,
+        first_byte_deadline: tokio::time::Instant,
         deadline: tokio::time::Instant,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let first_byte_deadline =
-            (tokio::time::Instant::now() + self.config.first_byte_timeout).min(deadline);
         for _ in 0..=self.config.max_redirects {
             if !policy.allows(&url) {
                 return Err(UpstreamError::HostNotAllowed(
