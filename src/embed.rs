@@ -1,0 +1,392 @@
+//! The web embed: `GET /embed/{type}/{id}` is a small self-contained page (a `<video>` and hls.js) that waits
+//! for the call's broadcast through the SSE state stream, plays it through the relay, and says when it has not
+//! started, has ended or failed. Sites put it in an `<iframe>`. `GET /embed/hls.min.js` serves a local hls.js
+//! when `embed.hls_js_path` is set, for deployments (and tests) that cannot or will not load it from a CDN.
+//!
+//! The page's markup, style and script live in `src/embed/` and are compiled in: no build step, no files to
+//! ship. Only the call and the hls.js location are interpolated, escaped for where they land.
+
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::call::CallId;
+use crate::config::ConfigError;
+use crate::error::RelayError;
+use crate::relay::Relay;
+
+const PAGE: &str = include_str!("embed/page.html");
+const STYLE: &str = include_str!("embed/style.css");
+const SCRIPT: &str = include_str!("embed/player.js");
+
+/// Where the page loads hls.js from when `hls_js_path` is set: the route below, relative to the page
+/// (`/embed/{type}/{id}`), so that it also works behind a proxy that mounts the relay under a path.
+const LOCAL_HLS_JS: &str = "../hls.min.js";
+
+/// The inline style and script are allowed by hash rather than `'unsafe-inline'`: nothing else inline runs,
+/// even if something ever slipped through the escaping.
+static STYLE_HASH: LazyLock<String> = LazyLock::new(|| csp_hash(STYLE));
+static SCRIPT_HASH: LazyLock<String> = LazyLock::new(|| csp_hash(SCRIPT));
+
+/// `[embed]` in the config file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedConfig {
+    /// Where the page loads hls.js from (an http(s) URL, or a path on the relay's origin); its origin is
+    /// allowed by the page's Content-Security-Policy.
+    pub hls_js_url: String,
+    /// A local hls.js file (e.g. `node_modules/hls.js/dist/hls.min.js`), served at `/embed/hls.min.js` and used by
+    /// the page instead of `hls_js_url`.
+    pub hls_js_path: Option<PathBuf>,
+}
+
+impl Default for EmbedConfig {
+    fn default() -> Self {
+        EmbedConfig {
+            hls_js_url: "https://cdn.jsdelivr.net/npm/hls.js@1/dist/hls.min.js".into(),
+            hls_js_path: None,
+        }
+    }
+}
+
+impl EmbedConfig {
+    /// Start-up checks, for `Config::validate`: a usable URL, and a local file that exists.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let usable = match Url::parse(&self.hls_js_url) {
+            Ok(url) => matches!(url.scheme(), "http" | "https"),
+            // A path on the relay's own origin (`/static/hls.min.js`), not `//host/...`.
+            Err(_) => self.hls_js_url.starts_with('/') && !self.hls_js_url.starts_with("//"),
+        };
+        if !usable {
+            return Err(ConfigError::Invalid {
+                key: "embed.hls_js_url",
+                reason: format!(
+                    "`{}` is neither an http(s) URL nor a path starting with /",
+                    self.hls_js_url
+                ),
+            });
+        }
+        if let Some(path) = &self.hls_js_path
+            && !path.is_file()
+        {
+            return Err(ConfigError::Invalid {
+                key: "embed.hls_js_path",
+                reason: format!("{} is not a readable file", path.display()),
+            });
+        }
+        Ok(())
+    }
+
+    /// What the page's `<script src>` says.
+    fn script_src(&self) -> &str {
+        if self.hls_js_path.is_some() {
+            LOCAL_HLS_JS
+        } else {
+            &self.hls_js_url
+        }
+    }
+
+    /// The CSP source that allows hls.js: its origin when it comes from elsewhere.
+    fn script_origin(&self) -> Option<String> {
+        if self.hls_js_path.is_some() {
+            return None;
+        }
+        foreign_origin(&self.hls_js_url)
+    }
+}
+
+/// The embed routes, merged into the relay's router.
+pub fn routes() -> Router<Relay> {
+    Router::new()
+        .route("/embed/hls.min.js", get(hls_js))
+        .route("/embed/{type}/{id}", get(page))
+}
+
+/// The embed settings in force.
+// TODO(wiring): `relay.config().embed.clone()` once `Config` has `pub embed: EmbedConfig`; until then the
+// settings come from the variables the config loader will read for them.
+fn embed_config(_relay: &Relay) -> EmbedConfig {
+    static FROM_ENV: LazyLock<EmbedConfig> = LazyLock::new(|| {
+        let mut config = EmbedConfig::default();
+        if let Ok(url) = std::env::var("HLS_RELAY_EMBED__HLS_JS_URL") {
+            config.hls_js_url = url;
+        }
+        config.hls_js_path = std::env::var_os("HLS_RELAY_EMBED__HLS_JS_PATH").map(PathBuf::from);
+        config
+    });
+    FROM_ENV.clone()
+}
+
+/// `GET /embed/{type}/{id}`: the player page. It is served for any well-formed call without asking Stream: the
+/// page itself learns from the state stream whether the call exists and broadcasts.
+async fn page(
+    State(relay): State<Relay>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response, RelayError> {
+    let call = CallId::new(&kind, &id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
+    let config = embed_config(&relay);
+    let public_origin = relay
+        .config()
+        .server
+        .public_url
+        .as_deref()
+        .and_then(foreign_origin);
+    let csp = content_security_policy(config.script_origin(), public_origin);
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        ),
+        // The page is the same for every viewer, but what it points at may change with the config.
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::try_from(csp).map_err(|_| {
+                RelayError::BadRequest("the embed settings make an invalid header".into())
+            })?,
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+    ];
+    Ok((headers, render_page(&call, &config)).into_response())
+}
+
+/// `GET /embed/hls.min.js`: the configured local hls.js.
+async fn hls_js(State(relay): State<Relay>) -> Result<Response, RelayError> {
+    let config = embed_config(&relay);
+    let Some(path) = config.hls_js_path else {
+        return Err(RelayError::NotFound(
+            "no local hls.js is configured (embed.hls_js_path)".into(),
+        ));
+    };
+    let body = tokio::fs::read(&path).await.map_err(|error| {
+        tracing::warn!(path = %path.display(), %error, "embed.hls_js_path cannot be read");
+        RelayError::NotFound("hls.js is not available".into())
+    })?;
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        ),
+        // Revalidated hourly: a new hls.js reaches viewers within the hour without versioned URLs.
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=3600"),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+    ];
+    Ok((headers, body).into_response())
+}
+
+fn render_page(call: &CallId, config: &EmbedConfig) -> String {
+    // Relative to the page, like the hls.js route, so a path prefix in front of the relay keeps working.
+    let calls = format!("../../v1/calls/{}/{}", call.kind(), call.id());
+    let page_config = serde_json::json!({
+        "cid": call.to_string(),
+        "events": format!("{calls}/events"),
+        "state": calls,
+    });
+    let title = format!("Live: {call}");
+    // One pass over the template, so that interpolated text is never scanned for placeholders again.
+    let mut out = String::with_capacity(PAGE.len() + STYLE.len() + SCRIPT.len() + 256);
+    let mut rest = PAGE;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").expect("placeholders in page.html are closed");
+        match &after[..end] {
+            "title" => out.push_str(&escape_html(&title)),
+            "style" => out.push_str(STYLE),
+            "script" => out.push_str(SCRIPT),
+            "config" => out.push_str(&json_for_script(&page_config)),
+            "hls_js" => out.push_str(&escape_html(config.script_src())),
+            other => unreachable!("unknown placeholder {other} in page.html"),
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `default-src 'none'` and only what the player needs: its own style and script (by hash), hls.js, requests to
+/// the relay (state stream, playlists, media; also at `server.public_url` when that is another origin), MSE
+/// blobs and hls.js's worker. `frame-ancestors *`: any site may frame it, that is its purpose.
+fn content_security_policy(script_origin: Option<String>, public_origin: Option<String>) -> String {
+    let script_origin = script_origin.map(|o| format!(" {o}")).unwrap_or_default();
+    let public_origin = public_origin.map(|o| format!(" {o}")).unwrap_or_default();
+    format!(
+        "default-src 'none'; script-src 'self'{script_origin} {script}; style-src {style}; \
+         connect-src 'self'{public_origin}; media-src 'self' blob:{public_origin}; worker-src blob:; \
+         base-uri 'none'; form-action 'none'; frame-ancestors *",
+        script = &*SCRIPT_HASH,
+        style = &*STYLE_HASH,
+    )
+}
+
+/// The origin (`https://host:port`) of an absolute http(s) URL; None for a path on the relay's own origin.
+fn foreign_origin(url: &str) -> Option<String> {
+    let url = Url::parse(url).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    Some(url.origin().ascii_serialization())
+}
+
+fn csp_hash(inline: &str) -> String {
+    format!("'sha256-{}'", STANDARD.encode(Sha256::digest(inline.as_bytes())))
+}
+
+/// Escapes text for HTML content and quoted attribute values.
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// JSON that is safe inside `<script type="application/json">`: no `</script>`, `<!--` or stray line
+/// separators can end or confuse the element.
+fn json_for_script(value: &serde_json::Value) -> String {
+    value
+        .to_string()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> CallId {
+        CallId::new("livestream", "abc_1-2").unwrap()
+    }
+
+    #[test]
+    fn the_page_points_at_the_call_and_hls_js() {
+        let page = render_page(&call(), &EmbedConfig::default());
+        assert!(page.contains("<title>Live: livestream:abc_1-2</title>"));
+        assert!(page.contains(r#""events":"../../v1/calls/livestream/abc_1-2/events""#));
+        assert!(page.contains(r#""state":"../../v1/calls/livestream/abc_1-2""#));
+        assert!(page.contains(
+            r#"<script src="https://cdn.jsdelivr.net/npm/hls.js@1/dist/hls.min.js"></script>"#
+        ));
+        assert!(!page.contains("{{"), "every placeholder is filled");
+
+        let local = EmbedConfig {
+            hls_js_path: Some("/opt/hls.min.js".into()),
+            ..EmbedConfig::default()
+        };
+        assert!(render_page(&call(), &local).contains(r#"<script src="../hls.min.js"></script>"#));
+    }
+
+    #[test]
+    fn interpolated_text_cannot_break_out() {
+        assert_eq!(
+            escape_html(r#"<a href="x" title='y'>&</a>"#),
+            "&lt;a href=&quot;x&quot; title=&#39;y&#39;&gt;&amp;&lt;/a&gt;"
+        );
+        let json = json_for_script(&serde_json::json!({"x": "</script><!-- \u{2028}"}));
+        assert!(!json.contains('<') && !json.contains('\u{2028}'), "{json}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&json).unwrap()["x"],
+            "</script><!-- \u{2028}"
+        );
+        let config = EmbedConfig {
+            hls_js_url: r#"https://cdn.example/x.js"><script>alert(1)</script>"#.into(),
+            hls_js_path: None,
+        };
+        let page = render_page(&call(), &config);
+        assert!(!page.contains("<script>alert(1)"));
+    }
+
+    #[test]
+    fn the_policy_allows_exactly_what_the_player_loads() {
+        let page = render_page(&call(), &EmbedConfig::default());
+        // The hashes are over the exact inline text the page carries.
+        assert!(page.contains(&format!("<script>{SCRIPT}</script>")));
+        assert!(page.contains(&format!("<style>{STYLE}</style>")));
+
+        let csp = content_security_policy(
+            EmbedConfig::default().script_origin(),
+            foreign_origin("https://live.example.com/base/"),
+        );
+        assert!(csp.starts_with("default-src 'none'; "));
+        assert!(csp.contains(&format!(
+            "script-src 'self' https://cdn.jsdelivr.net {}",
+            &*SCRIPT_HASH
+        )));
+        assert!(csp.contains(&format!("style-src {};", &*STYLE_HASH)));
+        assert!(csp.contains("connect-src 'self' https://live.example.com;"));
+        assert!(csp.contains("media-src 'self' blob: https://live.example.com;"));
+        assert!(csp.contains("frame-ancestors *"));
+        assert!(!csp.contains("unsafe-inline"));
+
+        let local = EmbedConfig {
+            hls_js_path: Some("/opt/hls.min.js".into()),
+            ..EmbedConfig::default()
+        };
+        let csp = content_security_policy(local.script_origin(), None);
+        assert!(csp.contains("script-src 'self' 'sha256-"));
+        assert!(csp.contains("connect-src 'self';"));
+    }
+
+    #[test]
+    fn settings_are_checked_at_start_up() {
+        assert!(EmbedConfig::default().validate().is_ok());
+        for url in ["/static/hls.min.js", "http://10.0.0.1:8000/hls.js"] {
+            let config = EmbedConfig {
+                hls_js_url: url.into(),
+                hls_js_path: None,
+            };
+            assert!(config.validate().is_ok(), "{url}");
+        }
+        for url in ["hls.min.js", "//cdn.example/hls.js", "javascript:alert(1)", ""] {
+            let config = EmbedConfig {
+                hls_js_url: url.into(),
+                hls_js_path: None,
+            };
+            assert!(config.validate().is_err(), "{url}");
+        }
+        let missing = EmbedConfig {
+            hls_js_path: Some("/nonexistent/hls.min.js".into()),
+            ..EmbedConfig::default()
+        };
+        let error = missing.validate().unwrap_err().to_string();
+        assert!(error.contains("embed.hls_js_path"), "{error}");
+    }
+
+    #[test]
+    fn a_relative_hls_js_url_is_served_by_the_relay_itself() {
+        let config = EmbedConfig {
+            hls_js_url: "/static/hls.min.js".into(),
+            hls_js_path: None,
+        };
+        assert_eq!(config.script_origin(), None);
+    }
+}
