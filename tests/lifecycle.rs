@@ -393,3 +393,43 @@ async fn unknown_calls_have_no_event_stream() {
         )
         .await;
 }
+
+/// The simulator delivers its own signed events, as Stream does, to the relay's webhook endpoint.
+#[tokio::test]
+async fn deliveries_from_a_stream_compatible_backend_drive_the_state() {
+    let world = world().await;
+    world
+        .sim
+        .set_webhook_url(Some(world.url("/v1/webhooks/stream")));
+    let off_air = CallSetup {
+        broadcasting: false,
+        ..CallSetup::default()
+    };
+    world.sim.add_call("livestream", "show", off_air);
+    let mut page = SseReader::open(&world, "show").await;
+    assert_eq!(page.next().await.1["broadcasting"], false);
+    let api_requests = world.sim.api_requests();
+
+    world.sim.start_broadcasting("livestream", "show");
+    let (name, data) = page.next().await;
+    assert_eq!(name, "broadcasting_started");
+    assert_eq!(
+        data["playlist_url"],
+        world.url("/hls/livestream/show/index.m3u8")
+    );
+    assert!(broadcasting(&world, "show").await);
+
+    world.sim.end_call("livestream", "show");
+    assert_eq!(page.next().await.0, "broadcasting_stopped");
+    assert!(!broadcasting(&world, "show").await);
+    assert_eq!(
+        world.sim.api_requests(),
+        api_requests,
+        "webhooks alone told the relay"
+    );
+    let deliveries = world.sim.webhook_deliveries();
+    assert!(
+        deliveries.iter().all(|d| d.status == Some(200)),
+        "{deliveries:?}"
+    );
+}
