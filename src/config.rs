@@ -84,6 +84,10 @@ pub struct UpstreamConfig {
     pub max_playlist_bytes: ByteSize,
     pub max_object_bytes: ByteSize,
     pub max_redirects: usize,
+    /// More tries after a failed connection or a 502/503/504, with jittered backoff, within the first-byte bound.
+    pub retries: u32,
+    /// Upstream fetches in flight at once (whole transfers); more wait for a slot within the first-byte bound.
+    pub max_concurrent_fetches: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -153,6 +157,8 @@ impl Default for UpstreamConfig {
             max_playlist_bytes: ByteSize::mib(4),
             max_object_bytes: ByteSize::mib(64),
             max_redirects: 5,
+            retries: 2,
+            max_concurrent_fetches: 512,
         }
     }
 }
@@ -269,6 +275,12 @@ impl Config {
         }
         if self.cache.max_bytes.as_u64() < 1024 * 1024 {
             return Err(invalid("cache.max_bytes", "must be at least 1MiB"));
+        }
+        if self.upstream.max_concurrent_fetches == 0 {
+            return Err(invalid(
+                "upstream.max_concurrent_fetches",
+                "must be at least 1",
+            ));
         }
         if self.upstream.max_object_bytes.as_u64() > u64::from(u32::MAX) {
             return Err(invalid("upstream.max_object_bytes", "must be under 4GiB"));

@@ -11,6 +11,8 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use url::Url;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::config::UpstreamConfig;
 use crate::error::RelayError;
 use crate::telemetry::Metrics;
@@ -54,6 +56,28 @@ pub enum UpstreamError {
     Truncated { received: u64, expected: u64 },
 }
 
+impl UpstreamError {
+    /// Failures worth one more try: the connection failed or a gateway in front of the origin hiccupped.
+    /// A timeout is not retried: the time is already spent.
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Transport(_)
+                | Self::Status(
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                )
+        )
+    }
+}
+
+/// Jittered exponential backoff: 50–100 ms, then 100–200 ms, … so that relays retrying together spread out.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(50) * 2u32.pow(attempt.min(6));
+    base + base.mul_f64(rand::random::<f64>())
+}
+
 impl From<UpstreamError> for RelayError {
     fn from(error: UpstreamError) -> Self {
         match error {
@@ -74,6 +98,8 @@ pub struct UpstreamResponse {
     pub headers: HeaderMap,
     response: reqwest::Response,
     deadline: tokio::time::Instant,
+    /// Held until the body is read: the cap on concurrent upstream fetches covers whole transfers.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl UpstreamResponse {
@@ -109,35 +135,39 @@ impl UpstreamResponse {
     ) -> impl futures_util::Stream<Item = Result<Bytes, UpstreamError>> + Send {
         let expected = self.content_length();
         let deadline = self.deadline;
-        let state = (self.response.bytes_stream(), 0u64, false);
-        futures_util::stream::unfold(state, move |(mut body, mut received, done)| async move {
-            if done {
-                return None;
-            }
-            let next = match tokio::time::timeout_at(deadline, body.next()).await {
-                Err(_) => Err(UpstreamError::Timeout("body not complete in time")),
-                Ok(Some(Err(e))) => Err(UpstreamError::Transport(e.to_string())),
-                Ok(Some(Ok(chunk))) => {
-                    received += chunk.len() as u64;
-                    if received > max {
-                        Err(UpstreamError::TooLarge(max))
-                    } else {
-                        Ok(Some(chunk))
-                    }
+        let permit = self._permit;
+        let state = ((self.response.bytes_stream(), permit), 0u64, false);
+        futures_util::stream::unfold(
+            state,
+            move |((mut body, permit), mut received, done)| async move {
+                if done {
+                    return None;
                 }
-                Ok(None) => match expected {
-                    Some(expected) if expected != received => {
-                        Err(UpstreamError::Truncated { received, expected })
+                let next = match tokio::time::timeout_at(deadline, body.next()).await {
+                    Err(_) => Err(UpstreamError::Timeout("body not complete in time")),
+                    Ok(Some(Err(e))) => Err(UpstreamError::Transport(e.to_string())),
+                    Ok(Some(Ok(chunk))) => {
+                        received += chunk.len() as u64;
+                        if received > max {
+                            Err(UpstreamError::TooLarge(max))
+                        } else {
+                            Ok(Some(chunk))
+                        }
                     }
-                    _ => Ok(None),
-                },
-            };
-            match next {
-                Ok(Some(chunk)) => Some((Ok(chunk), (body, received, false))),
-                Ok(None) => None,
-                Err(error) => Some((Err(error), (body, received, true))),
-            }
-        })
+                    Ok(None) => match expected {
+                        Some(expected) if expected != received => {
+                            Err(UpstreamError::Truncated { received, expected })
+                        }
+                        _ => Ok(None),
+                    },
+                };
+                match next {
+                    Ok(Some(chunk)) => Some((Ok(chunk), ((body, permit), received, false))),
+                    Ok(None) => None,
+                    Err(error) => Some((Err(error), ((body, permit), received, true))),
+                }
+            },
+        )
     }
 }
 
@@ -147,6 +177,7 @@ pub struct Upstream {
     client: reqwest::Client,
     config: Arc<UpstreamConfig>,
     metrics: Arc<Metrics>,
+    fetches: Arc<Semaphore>,
 }
 
 impl Upstream {
@@ -159,6 +190,7 @@ impl Upstream {
             .build()?;
         Ok(Self {
             client,
+            fetches: Arc::new(Semaphore::new(config.max_concurrent_fetches)),
             config: Arc::new(config.clone()),
             metrics,
         })
@@ -189,11 +221,50 @@ impl Upstream {
         kind: &'static str,
         hold: Duration,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let started = Instant::now();
         let now = tokio::time::Instant::now();
+        let first_byte_deadline = now + hold;
         let deadline = now + self.config.total_timeout.max(hold);
-        let result = self.follow(url, policy, now + hold, deadline).await;
-        let status_label = match &result {
+        let permit =
+            tokio::time::timeout_at(first_byte_deadline, self.fetches.clone().acquire_owned())
+                .await
+                .map_err(|_| UpstreamError::Timeout("too many upstream fetches in flight"))?
+                .expect("the fetch semaphore is never closed");
+        let mut permit = Some(permit);
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let result = self
+                .follow(
+                    url.clone(),
+                    policy,
+                    first_byte_deadline,
+                    deadline,
+                    &mut permit,
+                )
+                .await;
+            self.record(&result, kind, started);
+            let retry = match &result {
+                Err(error) if error.is_transient() && attempt < self.config.retries => {
+                    backoff(attempt)
+                }
+                _ => return result,
+            };
+            if tokio::time::Instant::now() + retry >= first_byte_deadline {
+                return result;
+            }
+            attempt += 1;
+            tracing::debug!(url = %&url[..url::Position::AfterPath], attempt, "retrying upstream fetch");
+            tokio::time::sleep(retry).await;
+        }
+    }
+
+    fn record(
+        &self,
+        result: &Result<UpstreamResponse, UpstreamError>,
+        kind: &str,
+        started: Instant,
+    ) {
+        let status_label = match result {
             Ok(response) => response.status.as_str().to_owned(),
             Err(UpstreamError::Status(status)) => status.as_str().to_owned(),
             Err(UpstreamError::Timeout(_)) => "timeout".into(),
@@ -208,7 +279,6 @@ impl Upstream {
             .upstream_seconds
             .with_label_values(&[kind])
             .observe(started.elapsed().as_secs_f64());
-        result
     }
 
     async fn follow(
@@ -217,6 +287,7 @@ impl Upstream {
         policy: HostPolicy<'_>,
         first_byte_deadline: tokio::time::Instant,
         deadline: tokio::time::Instant,
+        permit: &mut Option<OwnedSemaphorePermit>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         for _ in 0..=self.config.max_redirects {
             if !policy.allows(&url) {
@@ -255,6 +326,7 @@ impl Upstream {
                 headers: response.headers().clone(),
                 response,
                 deadline,
+                _permit: permit.take().expect("one response per permit"),
             });
         }
         Err(UpstreamError::BadRedirect)

@@ -274,6 +274,32 @@ async fn upstream_5xx_is_an_upstream_error_and_is_not_cached() {
 }
 
 #[tokio::test]
+async fn a_passing_upstream_failure_is_retried() {
+    let world = World::start().await;
+    let origin = FixedOrigin::start().await;
+    origin.serve(
+        "/live/media.m3u8",
+        200,
+        "application/vnd.apple.mpegurl",
+        "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nseg.ts\n",
+    );
+    origin.serve("/live/seg.ts", 200, "video/mp2t", vec![0x47u8; 188]);
+    origin.fail_next("/live/seg.ts", 2, 503);
+    world
+        .sim
+        .set_playlist_url("livestream", "flaky", &origin.url("/live/media.m3u8"));
+    let entry = "/hls/livestream/flaky/index.m3u8";
+    let playlist = world.playlist(entry).await;
+    let response = world.get(&resolve(entry, uri_lines(&playlist)[0])).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        origin.requests("/live/seg.ts"),
+        3,
+        "two failures, then success"
+    );
+}
+
+#[tokio::test]
 async fn a_stalled_upstream_is_a_timeout() {
     let world =
         World::start_with(|c| c.upstream.first_byte_timeout = Duration::from_millis(300)).await;

@@ -188,6 +188,8 @@ pub struct FixedOrigin {
     routes: Arc<Mutex<HashMap<String, Canned>>>,
     hits: Arc<Mutex<HashMap<String, u64>>>,
     total: Arc<AtomicU64>,
+    /// Requests still to fail, per path, before the canned response is served.
+    failures: Arc<Mutex<HashMap<String, (u32, u16)>>>,
 }
 
 impl FixedOrigin {
@@ -198,6 +200,7 @@ impl FixedOrigin {
             routes: Arc::default(),
             hits: Arc::default(),
             total: Arc::default(),
+            failures: Arc::default(),
         };
         let state = origin.clone();
         let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
@@ -216,6 +219,12 @@ impl FixedOrigin {
             .entry(path.to_owned())
             .or_default() += 1;
         self.total.fetch_add(1, Ordering::SeqCst);
+        if let Some((left, status)) = self.failures.lock().unwrap().get_mut(path)
+            && *left > 0
+        {
+            *left -= 1;
+            return StatusCode::from_u16(*status).unwrap().into_response();
+        }
         match self.routes.lock().unwrap().get(path) {
             Some((status, content_type, body)) => (
                 StatusCode::from_u16(*status).unwrap(),
@@ -238,6 +247,14 @@ impl FixedOrigin {
             .lock()
             .unwrap()
             .insert(path.to_owned(), (status, content_type, body.into()));
+    }
+
+    /// The next `count` requests for `path` answer `status`.
+    pub fn fail_next(&self, path: &str, count: u32, status: u16) {
+        self.failures
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), (count, status));
     }
 
     pub fn url(&self, path: &str) -> String {
