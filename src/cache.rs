@@ -35,8 +35,16 @@ pub struct CachedObject {
     pub keep_for: Duration,
     /// A media playlist without EXT-X-ENDLIST: the one kind that must be ended when its broadcast stops.
     pub live_playlist: bool,
-    /// What the relay read from a playlist, for LL-HLS blocking requests.
-    pub playlist: Option<Arc<PlaylistInfo>>,
+    /// What the relay knows about a playlist beyond its bytes.
+    pub playlist: Option<Arc<PlaylistMeta>>,
+}
+
+/// A relayed playlist's semantics (for LL-HLS blocking requests) and where its rewritten URIs end (to carry a
+/// viewer's token into them).
+#[derive(Debug)]
+pub struct PlaylistMeta {
+    pub info: PlaylistInfo,
+    pub uri_ends: Vec<usize>,
 }
 
 impl CachedObject {

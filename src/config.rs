@@ -12,6 +12,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::access::{AccessConfig, AccessMode};
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -21,6 +23,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub cors: CorsConfig,
     pub log: LogConfig,
+    pub access: AccessConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -272,6 +275,20 @@ impl Config {
                     format!("`{origin}` is neither `*` nor an origin like https://example.com"),
                 ));
             }
+        }
+        if self.access.mode == AccessMode::Token
+            && self
+                .access
+                .token_secret
+                .as_deref()
+                .or(self.stream.api_secret.as_deref())
+                .unwrap_or("")
+                .is_empty()
+        {
+            return Err(invalid(
+                "access.token_secret",
+                "token mode needs a secret: set access.token_secret or the Stream API secret",
+            ));
         }
         if self.cache.max_bytes.as_u64() < 1024 * 1024 {
             return Err(invalid("cache.max_bytes", "must be at least 1MiB"));

@@ -21,6 +21,12 @@ pub enum RelayError {
     Forbidden(String),
     #[error("{0}")]
     InvalidSignature(String),
+    #[error("{0}")]
+    TokenRequired(String),
+    #[error("{0}")]
+    TokenExpired(String),
+    #[error("{0}")]
+    TokenInvalid(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("{0}")]
@@ -41,7 +47,10 @@ impl RelayError {
                 StatusCode::NOT_FOUND
             }
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
+            Self::InvalidSignature(_)
+            | Self::TokenRequired(_)
+            | Self::TokenExpired(_)
+            | Self::TokenInvalid(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamError(_) | Self::BadUpstreamPlaylist(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -57,6 +66,9 @@ impl RelayError {
             Self::NotFound(_) => "not_found",
             Self::Forbidden(_) => "forbidden",
             Self::InvalidSignature(_) => "invalid_signature",
+            Self::TokenRequired(_) => "token_required",
+            Self::TokenExpired(_) => "token_expired",
+            Self::TokenInvalid(_) => "token_invalid",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UpstreamError(_) => "upstream_error",
             Self::BadUpstreamPlaylist(_) => "bad_upstream_playlist",

@@ -22,6 +22,7 @@
 //! failures become HTTP. [`sim`] is a simulated Stream backend for tests, benchmarks and [`demo`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod blocking;
 pub mod cache;
 pub mod call;
@@ -30,6 +31,7 @@ pub mod config;
 pub mod demo;
 pub mod embed;
 pub mod error;
+pub mod listener;
 pub mod live;
 pub mod playlist;
 pub mod policy;

@@ -60,12 +60,52 @@ pub fn rewrite(
     body: &[u8],
     map: impl FnMut(UriSite, &str) -> Option<String>,
 ) -> Result<Vec<u8>, PlaylistError> {
+    rewrite_marked(body, map).map(|rewritten| rewritten.body)
+}
+
+/// A rewritten playlist and where each replaced URI ends in it, so per-viewer query parameters can be spliced in
+/// without rewriting again ([`with_query`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewritten {
+    pub body: Vec<u8>,
+    pub uri_ends: Vec<usize>,
+}
+
+/// As [`rewrite`], also marking where the replacements end.
+pub fn rewrite_marked(
+    body: &[u8],
+    map: impl FnMut(UriSite, &str) -> Option<String>,
+) -> Result<Rewritten, PlaylistError> {
     let text = playlist_text(body)?;
     let mut rewriter = Rewriter::new(text, map);
     for line in lines(without_bom(text)) {
         rewriter.line(line)?;
     }
     Ok(rewriter.finish())
+}
+
+/// `body` with `query` (`name=value`, URI-safe) added to the URI ending at each of `uri_ends`: a viewer's access
+/// token carried into every URI of a shared playlist, at the cost of one copy.
+pub fn with_query(body: &[u8], uri_ends: &[usize], query: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + uri_ends.len() * (query.len() + 1));
+    let mut copied = 0;
+    for &end in uri_ends {
+        let uri_start = body[..end]
+            .iter()
+            .rposition(|&b| matches!(b, b'"' | b'\n' | b' ' | b'\t'))
+            .map_or(0, |i| i + 1);
+        let separator = if body[uri_start..end].contains(&b'?') {
+            b'&'
+        } else {
+            b'?'
+        };
+        out.extend_from_slice(&body[copied..end]);
+        out.push(separator);
+        out.extend_from_slice(query.as_bytes());
+        copied = end;
+    }
+    out.extend_from_slice(&body[copied..]);
+    out
 }
 
 /// What the relay needs to know about a playlist to cache and serve it.
@@ -448,6 +488,7 @@ struct Rewriter<'a, F> {
     variables: Variables<'a>,
     variant_uri_expected: bool,
     map: F,
+    uri_ends: Vec<usize>,
 }
 
 impl<'a, F: FnMut(UriSite, &str) -> Option<String>> Rewriter<'a, F> {
@@ -460,6 +501,7 @@ impl<'a, F: FnMut(UriSite, &str) -> Option<String>> Rewriter<'a, F> {
             variables: Variables::default(),
             variant_uri_expected: false,
             map,
+            uri_ends: Vec::new(),
         }
     }
 
@@ -542,13 +584,17 @@ impl<'a, F: FnMut(UriSite, &str) -> Option<String>> Rewriter<'a, F> {
         self.out
             .extend_from_slice(&self.text.as_bytes()[self.copied_up_to..start]);
         self.out.extend_from_slice(replacement.as_bytes());
+        self.uri_ends.push(self.out.len());
         self.copied_up_to = start + written.len();
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    fn finish(mut self) -> Rewritten {
         self.out
             .extend_from_slice(&self.text.as_bytes()[self.copied_up_to..]);
-        self.out
+        Rewritten {
+            body: self.out,
+            uri_ends: self.uri_ends,
+        }
     }
 }
 
@@ -729,6 +775,18 @@ pub fn with_endlist(body: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_query_is_carried_into_every_replaced_uri_and_nowhere_else() {
+        let body =
+            b"#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2,\nseg.ts?x=1\n#EXTINF:2,\ndata:,hi\n";
+        let rewritten = super::rewrite_marked(body, |_, uri| Some(format!("r/{uri}"))).unwrap();
+        let viewer = super::with_query(&rewritten.body, &rewritten.uri_ends, "token=abc");
+        assert_eq!(
+            String::from_utf8(viewer).unwrap(),
+            "#EXTM3U\n#EXT-X-MAP:URI=\"r/init.mp4?token=abc\"\n#EXTINF:2,\nr/seg.ts?x=1&token=abc\n#EXTINF:2,\ndata:,hi\n"
+        );
+    }
+
     #[test]
     fn endlist_is_appended_once_in_the_playlists_line_style() {
         let live = b"#EXTM3U\r\n#EXT-X-TARGETDURATION:2\r\n#EXTINF:2,\r\na.ts";

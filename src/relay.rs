@@ -18,15 +18,16 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use url::Url;
 
+use crate::access::Gate;
 use crate::blocking::{self, Directives};
 use crate::cache::{
-    Cache, CachedObject, Fill, FillStart, FillWriter, Lookup, StreamHead, etag_for,
+    Cache, CachedObject, Fill, FillStart, FillWriter, Lookup, PlaylistMeta, StreamHead, etag_for,
 };
 use crate::call::CallId;
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::live::{CallEvent, CallHub};
-use crate::playlist::{self, PlaylistKind, UriSite};
+use crate::playlist::{self, PlaylistInfo, PlaylistKind, UriSite};
 use crate::policy::{self, Freshness, PLAYLIST_CONTENT_TYPE};
 use crate::resolver::{Applied, Resolution, Resolver};
 use crate::telemetry::{CacheOutcome, Metrics};
@@ -69,6 +70,7 @@ struct Inner {
     resolver: Resolver,
     upstream: Upstream,
     signer: UrlSigner,
+    gate: Gate,
     metrics: Arc<Metrics>,
 }
 
@@ -81,6 +83,7 @@ impl Relay {
         metrics: Arc<Metrics>,
     ) -> Self {
         let cache = Cache::new(config.cache.max_bytes.as_u64());
+        let gate = Gate::new(&config.access, config.stream.api_secret.as_deref());
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -94,6 +97,7 @@ impl Relay {
                 resolver,
                 upstream,
                 signer,
+                gate,
                 metrics,
             }),
         }
@@ -101,6 +105,11 @@ impl Relay {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Viewer access control.
+    pub fn gate(&self) -> &Gate {
+        &self.inner.gate
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -234,14 +243,25 @@ impl Relay {
         let freshness = policy::ended_playlist_freshness(&self.inner.config.cache);
         self.inner.cache.replace_under(prefix, |object| {
             object.live_playlist.then(|| {
-                stored(
+                let mut ended = stored(
                     object.status,
                     Bytes::from(playlist::with_endlist(&object.body)),
                     object.content_type.clone(),
                     freshness,
                     None,
                     freshness.fresh_for,
-                )
+                );
+                // Appending a line leaves the URI positions where they were.
+                ended.playlist = object.playlist.as_ref().map(|meta| {
+                    Arc::new(PlaylistMeta {
+                        info: PlaylistInfo {
+                            ended: true,
+                            ..meta.info.clone()
+                        },
+                        uri_ends: meta.uri_ends.clone(),
+                    })
+                });
+                ended
             })
         });
     }
@@ -365,7 +385,7 @@ impl Relay {
         let current = self.object(call, path, location, seal, file).await?;
         let info = match &current {
             Served::Whole { object, .. } => match &object.playlist {
-                Some(info) => info.clone(),
+                Some(playlist) => playlist.info.clone(),
                 None => return Ok(current),
             },
             // Directives mean nothing for media.
@@ -460,7 +480,9 @@ impl Relay {
                     let info = object
                         .playlist
                         .clone()
-                        .expect("rewritten playlists carry their info");
+                        .expect("rewritten playlists carry their info")
+                        .info
+                        .clone();
                     if blocking::satisfies(&info, &wait.directives) || wait.wants_delta {
                         if !wait.wants_delta {
                             // Non-blocking viewers of the playlist get the newer version too.
@@ -642,7 +664,7 @@ impl Relay {
         let info =
             playlist::inspect(&body).map_err(|e| RelayError::BadUpstreamPlaylist(e.to_string()))?;
         let signer = &self.inner.signer;
-        let rewritten = playlist::rewrite(&body, |site, uri| {
+        let rewritten = playlist::rewrite_marked(&body, |site, uri| {
             let url = base.join(uri).ok()?;
             signer.relay_ref(target.call, &url, kind_at(site), target.playlist_location())
         })
@@ -650,10 +672,10 @@ impl Relay {
         let end_it = target.ended && info.kind == PlaylistKind::Media && !info.ended;
         let (body, freshness) = if end_it {
             let freshness = policy::ended_playlist_freshness(&self.inner.config.cache);
-            (playlist::with_endlist(&rewritten), freshness)
+            (playlist::with_endlist(&rewritten.body), freshness)
         } else {
             let freshness = policy::playlist_freshness(&info, &self.inner.config.cache);
-            (rewritten, freshness)
+            (rewritten.body, freshness)
         };
         let mut object = stored(
             StatusCode::OK,
@@ -664,7 +686,13 @@ impl Relay {
             freshness.fresh_for + STALE_IF_ERROR,
         );
         object.live_playlist = info.kind == PlaylistKind::Media && !info.ended && !end_it;
-        object.playlist = Some(Arc::new(info));
+        object.playlist = Some(Arc::new(PlaylistMeta {
+            info: PlaylistInfo {
+                ended: info.ended || end_it,
+                ..info
+            },
+            uri_ends: rewritten.uri_ends,
+        }));
         Ok(object)
     }
 

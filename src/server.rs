@@ -24,6 +24,7 @@ use crate::call::CallId;
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::live::CallEvent;
+use crate::playlist;
 use crate::relay::{Relay, Served};
 use crate::resolver::{Resolution, Resolver};
 use crate::stream_api::StreamApi;
@@ -305,12 +306,14 @@ async fn call_state(
     uri: Uri,
 ) -> Result<Response, RelayError> {
     let call = CallId::new(&kind, &id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
+    let token = relay
+        .gate()
+        .admit(&call, viewer_token(&headers, uri.query()))?;
     let hls = match relay.resolve(&call).await? {
         Resolution::NotFound => return Err(RelayError::CallNotFound(call.to_string())),
         Resolution::NotBroadcasting => serde_json::Value::Null,
         Resolution::Live { .. } => {
-            let base = public_base(relay.config(), &headers, &uri);
-            serde_json::json!({"playlist_url": format!("{base}/hls/{kind}/{id}/{ENTRY_PLAYLIST}")})
+            serde_json::json!({"playlist_url": entry_url(relay.config(), &headers, &uri, &call, token)})
         }
     };
     let body = serde_json::json!({"call": {
@@ -329,6 +332,9 @@ async fn call_events(
     uri: Uri,
 ) -> Result<Response, RelayError> {
     let call = CallId::new(&kind, &id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
+    let token = relay
+        .gate()
+        .admit(&call, viewer_token(&headers, uri.query()))?;
     // Subscribed before reading the state, so no change between the two is missed.
     let subscription = relay.hub().subscribe(&call);
     let resolution = relay.resolve(&call).await?;
@@ -336,10 +342,7 @@ async fn call_events(
         return Err(RelayError::CallNotFound(call.to_string()));
     }
     relay.watch(&call);
-    let playlist_url = format!(
-        "{}/hls/{kind}/{id}/{ENTRY_PLAYLIST}",
-        public_base(relay.config(), &headers, &uri)
-    );
+    let playlist_url = entry_url(relay.config(), &headers, &uri, &call, token);
     let first = state_event(&call, &resolution, &playlist_url);
     let changes = futures_util::stream::unfold(
         (subscription, relay, call, playlist_url),
@@ -435,6 +438,39 @@ async fn stream_webhook(
     Ok(axum::Json(serde_json::json!({"ok": true, "outcome": outcome})).into_response())
 }
 
+/// The absolute URL of a call's entry playlist on this relay, carrying the viewer's token if there is one.
+fn entry_url(
+    config: &Config,
+    headers: &HeaderMap,
+    uri: &Uri,
+    call: &CallId,
+    token: Option<&str>,
+) -> String {
+    let base = public_base(config, headers, uri);
+    let mut url = format!("{base}/hls/{}/{}/{ENTRY_PLAYLIST}", call.kind(), call.id());
+    if let Some(token) = token {
+        url.push_str("?token=");
+        url.push_str(token);
+    }
+    url
+}
+
+/// The viewer token of a request: `Authorization: Bearer …` (pages' fetches) or `?token=` (players, EventSource).
+fn viewer_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| query_value(query, "token"))
+}
+
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find_map(|(key, value)| (key == name).then_some(value))
+}
+
 /// The relay's own absolute base URL: configured, or as this request reached it.
 fn public_base(config: &Config, headers: &HeaderMap, uri: &Uri) -> String {
     if let Some(url) = &config.server.public_url {
@@ -465,6 +501,7 @@ async fn hls(State(relay): State<Relay>, request: Request) -> Result<Response, R
     let mut parts = rest.splitn(5, '/');
     let (kind, id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let call = CallId::new(kind, id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
+    let token = relay.gate().admit(&call, query_value(query, "token"))?;
     let work = async {
         match (parts.next(), parts.next(), parts.next()) {
             (Some(ENTRY_PLAYLIST), None, None) => relay.entry_playlist(&call, path).await,
@@ -485,16 +522,21 @@ async fn hls(State(relay): State<Relay>, request: Request) -> Result<Response, R
     let served = tokio::time::timeout(relay.config().server.request_timeout, work)
         .await
         .map_err(|_| RelayError::UpstreamTimeout("no response from upstream in time".into()))??;
-    Ok(render(served, headers).await)
+    Ok(render(served, headers, token).await)
 }
 
-async fn render(served: Served, request: &HeaderMap) -> Response {
+async fn render(served: Served, request: &HeaderMap, token: Option<&str>) -> Response {
     match served {
         Served::Whole {
             object,
             outcome,
             stale,
-        } => render_whole(&object, outcome, stale, request),
+        } => match (token, &object.playlist) {
+            (Some(token), Some(playlist)) => {
+                render_for_viewer(&object, &playlist.uri_ends, token, outcome)
+            }
+            _ => render_whole(&object, outcome, stale, request),
+        },
         Served::Streaming {
             head,
             fill,
@@ -523,6 +565,35 @@ async fn render(served: Served, request: &HeaderMap) -> Response {
             response
         }
     }
+}
+
+/// A playlist with the viewer's token carried into every URI the relay wrote: private to that viewer.
+fn render_for_viewer(
+    object: &CachedObject,
+    uri_ends: &[usize],
+    token: &str,
+    outcome: CacheOutcome,
+) -> Response {
+    let body = playlist::with_query(&object.body, uri_ends, &format!("token={token}"));
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = object.status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, object.content_type.clone());
+    let cache_control = object
+        .cache_control
+        .to_str()
+        .unwrap_or("max-age=0")
+        .replacen("public", "private", 1);
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::try_from(cache_control).expect("ASCII"),
+    );
+    headers.insert(
+        header::AGE,
+        HeaderValue::from(object.age_secs(Instant::now())),
+    );
+    headers.insert(X_CACHE.clone(), x_cache(outcome, false));
+    response
 }
 
 fn x_cache(outcome: CacheOutcome, stale: bool) -> HeaderValue {
