@@ -86,7 +86,7 @@ impl Gate {
         })?;
         if let Some(cids) = claims.claims.call_cids {
             let cid = call.to_string();
-            if !cids.iter().any(|allowed| *allowed == cid) {
+            if !cids.contains(&cid) {
                 return Err(RelayError::Forbidden(format!(
                     "the viewer token does not grant {cid}"
                 )));
