@@ -208,7 +208,9 @@ fn render_page(call: &CallId, config: &EmbedConfig) -> String {
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find("}}").expect("placeholders in page.html are closed");
+        let end = after
+            .find("}}")
+            .expect("placeholders in page.html are closed");
         match &after[..end] {
             "title" => out.push_str(&escape_html(&title)),
             "style" => out.push_str(STYLE),
@@ -248,7 +250,10 @@ fn foreign_origin(url: &str) -> Option<String> {
 }
 
 fn csp_hash(inline: &str) -> String {
-    format!("'sha256-{}'", STANDARD.encode(Sha256::digest(inline.as_bytes())))
+    format!(
+        "'sha256-{}'",
+        STANDARD.encode(Sha256::digest(inline.as_bytes()))
+    )
 }
 
 /// Escapes text for HTML content and quoted attribute values.
@@ -366,7 +371,12 @@ mod tests {
             };
             assert!(config.validate().is_ok(), "{url}");
         }
-        for url in ["hls.min.js", "//cdn.example/hls.js", "javascript:alert(1)", ""] {
+        for url in [
+            "hls.min.js",
+            "//cdn.example/hls.js",
+            "javascript:alert(1)",
+            "",
+        ] {
             let config = EmbedConfig {
                 hls_js_url: url.into(),
                 hls_js_path: None,

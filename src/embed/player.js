@@ -39,6 +39,7 @@
   var polling = false;
   var events = null;
   var sseAlive = false;
+  var endedBy = null;      // how the last broadcast's end was noticed, for tests and debugging
 
   function show(state, message) {
     document.body.dataset.state = state;
@@ -103,7 +104,8 @@
     }
   }
 
-  function finish(reason) {
+  function finish(reason, how) {
+    endedBy = how;
     teardown();
     show(reason, MESSAGES[reason]);
   }
@@ -136,7 +138,7 @@
     if (source === null && (current === 'ended' || current === 'failed')) {
       return; // already said so
     }
-    finish(reason);
+    finish(reason, 'state');
   }
 
   // Keeps playing what the relay still has (its playlists end with EXT-X-ENDLIST), then says it ended: at the
@@ -152,8 +154,12 @@
         lastTime = video.currentTime;
         lastProgress = now;
       }
-      if (video.ended || now - lastProgress > DRAIN_STALL_MS || now - started > DRAIN_MAX_MS) {
-        finish(ending);
+      if (video.ended) {
+        finish(ending, 'media-ended');
+      } else if (now - lastProgress > DRAIN_STALL_MS) {
+        finish(ending, 'stalled');
+      } else if (now - started > DRAIN_MAX_MS) {
+        finish(ending, 'time-limit');
       }
     }, 500);
   }
@@ -172,7 +178,7 @@
 
   function failPlayback(detail) {
     if (ending !== null) {
-      finish(ending); // the stream went away as announced
+      finish(ending, 'stream-error'); // the stream went away as announced
       return;
     }
     teardown();
@@ -292,7 +298,7 @@
   });
   video.addEventListener('ended', function () {
     if (source !== null) {
-      finish(ending || 'ended');
+      finish(ending || 'ended', 'media-ended');
     }
   });
   video.addEventListener('error', function () {
@@ -305,7 +311,8 @@
   // Read by tests and by pages that script the frame (same origin only).
   window.hlsRelayEmbed = {
     get hls() { return hls; },
-    get source() { return source; }
+    get source() { return source; },
+    get endedBy() { return endedBy; }
   };
 
   show('loading', MESSAGES.loading);

@@ -1,0 +1,1066 @@
+//! The accept loop that replaces `axum::serve`: HTTP/1.1 and HTTP/2 on one port (h2c by prior knowledge on plain
+//! TCP; ALPN `h2` / `http/1.1` over TLS), bounds on slow, idle and too many clients, a TLS certificate that is
+//! reloaded in place, and a graceful shutdown with a deadline.
+//!
+//! Per connection:
+//!
+//! ```text
+//! accept ─► at max_connections? close at once
+//!        ─► TCP_NODELAY, send_timeout guard on the socket
+//!        ─► TLS handshake (bounded by header_read_timeout), ALPN h2 / http/1.1
+//!        ─► hyper-util auto: HTTP/1.1 (header_read_timeout, max_header_bytes) or HTTP/2 (stream cap, pings)
+//!        ─► watchdog: first request within header_read_timeout, then idle_timeout between requests,
+//!                     shutdown: finish in-flight responses (the accept loop cuts them at shutdown_grace)
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response};
+use bytes::Bytes;
+use bytesize::ByteSize;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+/// How often the certificate files are checked for changes (SIGHUP reloads at once).
+const CERT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// HTTP/2 PING interval on a connection, and how long an answer may take before the peer is considered gone.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// hyper refuses an HTTP/1 buffer smaller than this (it panics).
+const MIN_H1_BUFFER: usize = 8192;
+
+/// Where the serving certificate lives. Both files are PEM: the chain leaf first, and its private key (PKCS#8,
+/// PKCS#1 or SEC1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+/// Transport settings of one listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Serve TLS (ALPN `h2`, `http/1.1`) with this certificate; `None`: plain HTTP/1.1 and h2c.
+    pub tls: Option<TlsPaths>,
+    /// A connection must complete its TLS handshake and first request head within this, and an HTTP/1.1 request
+    /// head must arrive within it (slowloris). hyper's HTTP/1.1 timer also runs while a kept-alive connection
+    /// waits for its next request, so it bounds HTTP/1.1 keep-alive too.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Request line plus headers (HTTP/1.1: answered with 431), or the header list of an HTTP/2 request. HTTP/1.1
+    /// cannot go below 8KiB (hyper's smallest buffer).
+    pub max_header_bytes: ByteSize,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A connection whose socket accepts no byte for this long is closed: a client that stopped reading must not
+    /// hold a response (and its buffers) forever.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Open connections at most; beyond it, new ones are accepted and closed at once.
+    pub max_connections: usize,
+    /// Concurrent requests on one HTTP/2 connection (LL-HLS players hold a few blocking requests each; a CDN
+    /// multiplexes many viewers).
+    pub h2_max_concurrent_streams: u32,
+    /// On shutdown, how long in-flight responses may take before their connections are cut.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: ByteSize::kib(16),
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            max_connections: 50_000,
+            h2_max_concurrent_streams: 256,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A certificate or key that cannot be served, with the config key that points at it.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}` ({}): {reason}", path.display())]
+pub struct TlsError {
+    /// `tls.cert_path` or `tls.key_path`.
+    pub key: &'static str,
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Marks requests that arrived over TLS (a request extension), e.g. to write `https://` URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsConnection;
+
+/// The TLS side of a listener: the rustls config (ALPN `h2`, `http/1.1`) and the certificate it serves, which
+/// [`Tls::reload`] swaps without touching open connections. Clones share the certificate.
+#[derive(Clone, Debug)]
+pub struct Tls(Arc<TlsState>);
+
+#[derive(Debug)]
+struct TlsState {
+    paths: TlsPaths,
+    provider: Arc<CryptoProvider>,
+    certificate: Arc<SwappableCert>,
+    config: Arc<ServerConfig>,
+    /// The files as they were when last read, to reload only on change.
+    seen: Mutex<Option<[FileStamp; 2]>>,
+}
+
+/// Hands every handshake the current certificate: one read lock, no rebuild of the rustls config on reload.
+#[derive(Debug)]
+struct SwappableCert(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for SwappableCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.0
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+/// What identifies a version of a file without reading it (a rename-into-place changes the inode; a rewrite in
+/// place the mtime or length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    #[cfg(unix)]
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            #[cfg(unix)]
+            inode: std::os::unix::fs::MetadataExt::ino(&meta),
+        })
+    }
+}
+
+impl Tls {
+    /// Reads the certificate chain and key; a bad file is an error naming its config key.
+    pub fn load(paths: &TlsPaths) -> Result<Self, TlsError> {
+        // aws-lc-rs: the provider reqwest already brings in, named explicitly so no process-wide default is needed.
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let stamps = Self::stamps(paths);
+        let key = load_certified_key(paths, &provider)?;
+        let certificate = Arc::new(SwappableCert(RwLock::new(Arc::new(key))));
+        let mut config = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(certificate.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Stateless resumption: players reconnect often, and tickets need no server-side cache.
+        if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
+            config.ticketer = ticketer;
+        }
+        Ok(Self(Arc::new(TlsState {
+            paths: paths.clone(),
+            provider,
+            certificate,
+            config: Arc::new(config),
+            seen: Mutex::new(stamps),
+        })))
+    }
+
+    /// Reads the files again and serves them to new handshakes. On error the current certificate stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let stamps = Self::stamps(&self.0.paths);
+        // Remembered even when the files are bad, so a broken pair is reported once per change, not per poll.
+        *self.0.seen.lock().unwrap_or_else(PoisonError::into_inner) = stamps;
+        let key = load_certified_key(&self.0.paths, &self.0.provider)?;
+        *self
+            .0
+            .certificate
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
+        Ok(())
+    }
+
+    /// [`Tls::reload`] if either file changed since it was last read; `Ok(true)` when it did reload.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let stamps = Self::stamps(&self.0.paths);
+        if *self.0.seen.lock().unwrap_or_else(PoisonError::into_inner) == stamps {
+            return Ok(false);
+        }
+        self.reload().map(|()| true)
+    }
+
+    /// The rustls config handshakes use (its certificate follows reloads).
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.0.config.clone()
+    }
+
+    /// The end-entity certificate being served now (DER).
+    pub fn current_certificate(&self) -> CertificateDer<'static> {
+        let current = self
+            .0
+            .certificate
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        current.cert[0].clone()
+    }
+
+    fn stamps(paths: &TlsPaths) -> Option<[FileStamp; 2]> {
+        Some([
+            FileStamp::of(&paths.cert_path)?,
+            FileStamp::of(&paths.key_path)?,
+        ])
+    }
+
+    /// Reloads on SIGHUP and when the files change, until dropped (aborted).
+    async fn watch(self) {
+        let mut poll = tokio::time::interval(CERT_POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await; // the first tick is immediate: the files were just read
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let forced = tokio::select! {
+                _ = poll.tick() => false,
+                Some(()) = async { hangup.as_mut()?.recv().await } => true,
+            };
+            #[cfg(not(unix))]
+            let forced = {
+                poll.tick().await;
+                false
+            };
+            let tls = self.clone();
+            // File I/O off the runtime's workers: a stat on a network mount can block.
+            let outcome = tokio::task::spawn_blocking(move || {
+                if forced {
+                    tls.reload().map(|()| true)
+                } else {
+                    tls.reload_if_changed()
+                }
+            })
+            .await;
+            match outcome {
+                Ok(Ok(true)) => tracing::info!(
+                    cert = %self.0.paths.cert_path.display(),
+                    "TLS certificate reloaded"
+                ),
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => tracing::warn!(
+                    %error,
+                    "TLS certificate reload failed; still serving the previous certificate"
+                ),
+                Err(error) => tracing::warn!(%error, "TLS certificate reload panicked"),
+            }
+        }
+    }
+}
+
+fn tls_error(key: &'static str, path: &Path, reason: impl Into<String>) -> TlsError {
+    TlsError {
+        key,
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads and checks a chain and its key: each failure names the file at fault.
+fn load_certified_key(
+    paths: &TlsPaths,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    const CERT: &str = "tls.cert_path";
+    const KEY: &str = "tls.key_path";
+    let (cert_path, key_path) = (&paths.cert_path, &paths.key_path);
+
+    let pem = std::fs::read(cert_path)
+        .map_err(|e| tls_error(CERT, cert_path, format!("cannot read the file: {e}")))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(CERT, cert_path, format!("not a PEM certificate chain: {e}")))?;
+    if chain.is_empty() {
+        return Err(tls_error(
+            CERT,
+            cert_path,
+            "no CERTIFICATE block found: expected a PEM certificate chain, leaf first",
+        ));
+    }
+
+    let pem = std::fs::read(key_path)
+        .map_err(|e| tls_error(KEY, key_path, format!("cannot read the file: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => tls_error(
+            KEY,
+            key_path,
+            "no private key found: expected a PEM block PRIVATE KEY (PKCS#8), RSA PRIVATE KEY or \
+             EC PRIVATE KEY",
+        ),
+        e => tls_error(KEY, key_path, format!("not a PEM private key: {e}")),
+    })?;
+    let key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| tls_error(KEY, key_path, format!("unusable private key: {e}")))?;
+
+    let certified = CertifiedKey::new(chain, key);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
+        Err(rustls::Error::InconsistentKeys(_)) => Err(tls_error(
+            KEY,
+            key_path,
+            format!(
+                "this key does not belong to the first certificate in {}",
+                cert_path.display()
+            ),
+        )),
+        Err(e) => Err(tls_error(
+            CERT,
+            cert_path,
+            format!("the first certificate cannot be parsed: {e}"),
+        )),
+    }
+}
+
+/// A listener's server: its settings and, with TLS, the certificate (loaded up front, so that a bad file stops
+/// start-up with a clear error rather than the first handshake).
+pub struct Server {
+    config: ListenerConfig,
+    tls: Option<Tls>,
+}
+
+impl Server {
+    pub fn new(config: ListenerConfig) -> Result<Self, TlsError> {
+        let tls = config.tls.as_ref().map(Tls::load).transpose()?;
+        Ok(Self { config, tls })
+    }
+
+    /// The certificate handle, to reload it from elsewhere (tests, an admin hook).
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
+
+    /// Serves `router` on `listener` until `shutdown` completes; then stops accepting, lets in-flight responses
+    /// finish for up to `shutdown_grace`, cuts what remains and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        router: Router,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let Self { config, tls } = self;
+        // The watcher lives as long as this call: aborted on return (the guard drops it).
+        let _watcher = tls
+            .clone()
+            .map(|tls| AbortOnDrop(tokio::spawn(tls.watch())));
+        let shared = Arc::new(Shared {
+            builder: http_builder(&config),
+            router,
+            tls: tls.map(|tls| TlsAcceptor::from(tls.server_config())),
+            config,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+        let mut connections = JoinSet::new();
+        let mut refusals = Refusals::default();
+        tokio::pin!(shutdown);
+
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(joined) = connections.join_next() => log_panic(joined),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            // Playlists and parts are small writes that must not wait for Nagle.
+                            let _ = stream.set_nodelay(true);
+                            let task =
+                                connection(shared.clone(), stream, peer, stopped.clone(), slot);
+                            connections.spawn(task);
+                        }
+                        // At the cap, closing at once tells the client (or its load balancer) to go elsewhere
+                        // now; leaving it in the kernel's backlog would only make it time out later.
+                        Err(_) => {
+                            drop(stream);
+                            refusals.note(shared.config.max_connections);
+                        }
+                    },
+                    // The peer gave up between SYN and accept: nothing to do.
+                    Err(error) if is_connection_error(&error) => {}
+                    // Out of file descriptors or memory: retrying at once would spin. Wait, but stay stoppable.
+                    Err(error) => {
+                        tracing::error!(%error, "accept failed; retrying in 1s");
+                        tokio::select! {
+                            () = &mut shutdown => break,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                },
+            }
+        }
+
+        // Closing the socket makes new connections fail fast instead of queueing behind a server that is leaving.
+        drop(listener);
+        tracing::info!(
+            open = connections.len(),
+            grace = ?shared.config.shutdown_grace,
+            "listener closed; finishing in-flight responses"
+        );
+        let _ = stop.send(true);
+        let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
+            while let Some(joined) = connections.join_next().await {
+                log_panic(joined);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = connections.len(),
+                "shutdown grace elapsed; closing the remaining connections"
+            );
+            connections.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+/// [`Server::new`] then [`Server::serve`]; a bad certificate is an `InvalidInput` error naming its config key.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    config: ListenerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let server = Server::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    server.serve(listener, router, shutdown).await
+}
+
+fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let header_bytes = usize::try_from(config.max_header_bytes.as_u64()).unwrap_or(usize::MAX);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper-util's HTTP/1 builder has no separate header limit: the read buffer bounds the request head (431 when
+    // full). Responses are not limited by it: body chunks are queued, not copied, into the write buffer.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(header_bytes.max(MIN_H1_BUFFER));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(H2_KEEP_ALIVE);
+    builder
+}
+
+struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    config: ListenerConfig,
+}
+
+/// Logs refused connections at most every 10 s: at the cap, every accept is one.
+#[derive(Default)]
+struct Refusals {
+    logged_at: Option<Instant>,
+}
+
+impl Refusals {
+    fn note(&mut self, max_connections: usize) {
+        if self
+            .logged_at
+            .is_none_or(|at| at.elapsed() > Duration::from_secs(10))
+        {
+            self.logged_at = Some(Instant::now());
+            tracing::warn!(
+                max_connections,
+                "connection limit reached (server.max_connections): refusing new connections"
+            );
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn log_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined
+        && error.is_panic()
+    {
+        tracing::error!(%error, "a connection task panicked");
+    }
+}
+
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stopped: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let accepted = Instant::now();
+    // Below TLS, so that a stalled TLS write is caught too.
+    let stream = SendTimeout::new(stream, shared.config.send_timeout);
+    let Some(acceptor) = &shared.tls else {
+        return drive(&shared, stream, peer, false, stopped, accepted).await;
+    };
+    let handshake = tokio::time::timeout_at(
+        accepted + shared.config.header_read_timeout,
+        acceptor.accept(stream),
+    );
+    let stream = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = stopped.wait_for(|stop| *stop) => return,
+    };
+    drive(&shared, stream, peer, true, stopped, accepted).await
+}
+
+/// Why a connection is being closed gracefully.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    No,
+    /// Idle (or never sent a request): given another `header_read_timeout` to close, then dropped.
+    Idle,
+    /// Server shutdown: in-flight responses finish; the accept loop enforces `shutdown_grace`.
+    Shutdown,
+}
+
+/// Serves one connection, and closes it when it idles or the server stops.
+async fn drive<I>(
+    shared: &Shared,
+    io: I,
+    peer: SocketAddr,
+    tls: bool,
+    mut stopped: watch::Receiver<bool>,
+    accepted: Instant,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &shared.config;
+    let activity = Arc::new(Activity::new(accepted));
+    let service = ConnectionService {
+        router: shared.router.clone(),
+        peer,
+        tls,
+        activity: activity.clone(),
+    };
+    let conn = shared.builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    // hyper has no idle bound for HTTP/2, nor before it knows the protocol: this timer is it. It first fires at
+    // the earlier of the two bounds; each time it fires, the real deadline is worked out from the activity.
+    let first_check = limits.header_read_timeout.min(limits.idle_timeout);
+    let watchdog = tokio::time::sleep_until(accepted + first_check);
+    tokio::pin!(watchdog);
+    let mut closing = Closing::No;
+    loop {
+        tokio::select! {
+            // The connection first: bytes already received are served before any deadline is looked at.
+            biased;
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "connection closed with an error");
+                }
+                return;
+            }
+            _ = stopped.wait_for(|stop| *stop), if closing == Closing::No => {
+                conn.as_mut().graceful_shutdown();
+                closing = Closing::Shutdown;
+            }
+            () = &mut watchdog, if closing != Closing::Shutdown => {
+                let now = Instant::now();
+                let deadline = activity.idle_deadline(limits.header_read_timeout, limits.idle_timeout);
+                if closing == Closing::Idle {
+                    // A request that crossed the GOAWAY is served; a half-sent one is not waited for.
+                    if deadline.is_none() {
+                        watchdog.as_mut().reset(now + limits.header_read_timeout);
+                        continue;
+                    }
+                    tracing::debug!(%peer, "idle connection did not close in time; dropping it");
+                    return;
+                }
+                match deadline {
+                    None => watchdog.as_mut().reset(now + limits.idle_timeout),
+                    Some(deadline) if deadline > now => watchdog.as_mut().reset(deadline),
+                    Some(_) => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = Closing::Idle;
+                        watchdog.as_mut().reset(now + limits.header_read_timeout);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on a connection, and since when it has had none.
+#[derive(Debug)]
+struct Activity(Mutex<ActivityState>);
+
+#[derive(Debug)]
+struct ActivityState {
+    in_flight: usize,
+    idle_since: Instant,
+    served_any: bool,
+}
+
+impl Activity {
+    fn new(accepted: Instant) -> Self {
+        Self(Mutex::new(ActivityState {
+            in_flight: 0,
+            idle_since: accepted,
+            served_any: false,
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.state().in_flight += 1;
+        RequestGuard(self.clone())
+    }
+
+    /// When the connection will have idled too long; `None` while a request is in flight. Before the first
+    /// request the allowance is the (short) header timeout: a client that connects and says nothing is not a
+    /// client.
+    fn idle_deadline(
+        &self,
+        first_request: Duration,
+        between_requests: Duration,
+    ) -> Option<Instant> {
+        let state = self.state();
+        (state.in_flight == 0).then(|| {
+            state.idle_since
+                + if state.served_any {
+                    between_requests
+                } else {
+                    first_request
+                }
+        })
+    }
+}
+
+/// Counts one request from its head to the end (or abandonment) of its response body.
+#[derive(Debug)]
+struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.in_flight -= 1;
+        state.served_any = true;
+        if state.in_flight == 0 {
+            state.idle_since = Instant::now();
+        }
+    }
+}
+
+/// The router as hyper sees it on one connection: adds the peer address (axum's `ConnectInfo`) and
+/// [`TlsConnection`], and tracks each request until its response body is done.
+#[derive(Clone)]
+struct ConnectionService {
+    router: Router,
+    peer: SocketAddr,
+    tls: bool,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let guard = self.activity.begin();
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        if self.tls {
+            request.extensions_mut().insert(TlsConnection);
+        }
+        let router = self.router.clone();
+        Box::pin(async move {
+            let response = router.oneshot(request).await?;
+            Ok(response.map(|body| TrackedBody {
+                body,
+                _guard: guard,
+            }))
+        })
+    }
+}
+
+/// A response body that holds its request's [`RequestGuard`] until hyper is done with it.
+struct TrackedBody {
+    body: Body,
+    _guard: RequestGuard,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Fails writes that make no progress for `timeout` (a peer that stopped reading), like nginx's `send_timeout`.
+struct SendTimeout<I> {
+    io: I,
+    timeout: Duration,
+    /// Armed when a write first returns `Pending`, disarmed by any progress.
+    stall: Pin<Box<Sleep>>,
+    stalled: bool,
+}
+
+impl<I> SendTimeout<I> {
+    fn new(io: I, timeout: Duration) -> Self {
+        Self {
+            io,
+            timeout,
+            stall: Box::pin(tokio::time::sleep(timeout)),
+            stalled: false,
+        }
+    }
+
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = false;
+            return poll;
+        }
+        if !self.stalled {
+            self.stalled = true;
+            let deadline = Instant::now() + self.timeout;
+            self.stall.as_mut().reset(deadline);
+        }
+        ready!(self.stall.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client accepted no data within send_timeout",
+        )))
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for SendTimeout<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for SendTimeout<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    struct Files {
+        _dir: tempfile::TempDir,
+        paths: TlsPaths,
+    }
+
+    fn files(cert: &[u8], key: &[u8]) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = TlsPaths {
+            cert_path: dir.path().join("cert.pem"),
+            key_path: dir.path().join("key.pem"),
+        };
+        std::fs::write(&paths.cert_path, cert).unwrap();
+        std::fs::write(&paths.key_path, key).unwrap();
+        Files { _dir: dir, paths }
+    }
+
+    fn generate() -> (String, String, Vec<u8>) {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        (cert.pem(), signing_key.serialize_pem(), cert.der().to_vec())
+    }
+
+    fn load_error(cert: &[u8], key: &[u8]) -> TlsError {
+        let files = files(cert, key);
+        Tls::load(&files.paths).unwrap_err()
+    }
+
+    #[test]
+    fn a_good_pair_loads() {
+        let (cert, key, der) = generate();
+        let files = files(cert.as_bytes(), key.as_bytes());
+        let tls = Tls::load(&files.paths).unwrap();
+        assert_eq!(tls.current_certificate().as_ref(), der.as_slice());
+        assert_eq!(
+            tls.server_config().alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+
+    #[test]
+    fn bad_files_name_their_key() {
+        let (cert, key, _) = generate();
+        let (other_cert, _, _) = generate();
+
+        let missing = TlsPaths {
+            cert_path: "/nonexistent/cert.pem".into(),
+            key_path: "/nonexistent/key.pem".into(),
+        };
+        let error = Tls::load(&missing).unwrap_err();
+        assert_eq!(error.key, "tls.cert_path");
+        let message = error.to_string();
+        assert!(
+            message.contains("tls.cert_path") && message.contains("/nonexistent/cert.pem"),
+            "{message}"
+        );
+
+        let error = load_error(b"not a certificate", key.as_bytes());
+        assert_eq!(error.key, "tls.cert_path", "{error}");
+        // A key where the chain should be: PEM, but no CERTIFICATE block.
+        let error = load_error(key.as_bytes(), key.as_bytes());
+        assert_eq!(error.key, "tls.cert_path", "{error}");
+        let error = load_error(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            key.as_bytes(),
+        );
+        assert_eq!(error.key, "tls.cert_path", "{error}");
+
+        let error = load_error(cert.as_bytes(), cert.as_bytes());
+        assert_eq!(error.key, "tls.key_path", "{error}");
+        assert!(error.to_string().contains("no private key"), "{error}");
+        let error = load_error(cert.as_bytes(), b"");
+        assert_eq!(error.key, "tls.key_path", "{error}");
+        // Someone else's certificate with this key.
+        let error = load_error(other_cert.as_bytes(), key.as_bytes());
+        assert_eq!(error.key, "tls.key_path", "{error}");
+        assert!(error.to_string().contains("does not belong"), "{error}");
+    }
+
+    #[test]
+    fn reload_follows_the_files_and_keeps_the_old_pair_on_error() {
+        let (cert, key, first) = generate();
+        let files = files(cert.as_bytes(), key.as_bytes());
+        let tls = Tls::load(&files.paths).unwrap();
+        assert!(!tls.reload_if_changed().unwrap());
+
+        // Replaced the way deployment tools do it: written aside, renamed into place.
+        let (cert, key, second) = generate();
+        let replace = |path: &Path, contents: &[u8]| {
+            let aside = path.with_extension("new");
+            std::fs::write(&aside, contents).unwrap();
+            std::fs::rename(&aside, path).unwrap();
+        };
+        replace(&files.paths.cert_path, cert.as_bytes());
+        replace(&files.paths.key_path, key.as_bytes());
+        assert!(tls.reload_if_changed().unwrap());
+        assert_eq!(tls.current_certificate().as_ref(), second.as_slice());
+        assert_ne!(first, second);
+        assert!(!tls.reload_if_changed().unwrap());
+
+        // Half-replaced (the new cert, the old key): refused once, the working pair stays.
+        let (cert, _, _) = generate();
+        replace(&files.paths.cert_path, cert.as_bytes());
+        assert_eq!(tls.reload_if_changed().unwrap_err().key, "tls.key_path");
+        assert_eq!(tls.current_certificate().as_ref(), second.as_slice());
+        assert!(
+            !tls.reload_if_changed().unwrap(),
+            "reported once per change"
+        );
+        assert!(tls.reload().is_err(), "a forced reload tries again");
+    }
+
+    #[test]
+    fn idle_deadlines() {
+        let start = Instant::now();
+        let (first, between) = (Duration::from_secs(1), Duration::from_secs(60));
+        let activity = Arc::new(Activity::new(start));
+        assert_eq!(activity.idle_deadline(first, between), Some(start + first));
+        let one = activity.begin();
+        let two = activity.begin();
+        assert_eq!(activity.idle_deadline(first, between), None);
+        drop(one);
+        assert_eq!(activity.idle_deadline(first, between), None);
+        drop(two);
+        let deadline = activity.idle_deadline(first, between).unwrap();
+        assert!(deadline >= start + between);
+    }
+
+    #[test]
+    fn listener_config_reads_humane_values() {
+        let config: ListenerConfig = serde_json::from_value(serde_json::json!({
+            "tls": {"cert_path": "/c.pem", "key_path": "/k.pem"},
+            "header_read_timeout": "300ms",
+            "max_header_bytes": "32KiB",
+        }))
+        .unwrap();
+        assert_eq!(config.header_read_timeout, Duration::from_millis(300));
+        assert_eq!(config.max_header_bytes, ByteSize::kib(32));
+        assert_eq!(config.tls.unwrap().key_path, PathBuf::from("/k.pem"));
+        assert_eq!(config.max_connections, 50_000);
+    }
+
+    /// The layout proposed for the relay's config: an optional `[tls]` section next to `[server]`.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure returns figment's own (large) error type
+    fn tls_paths_layer_as_an_optional_config_section() {
+        use figment::Figment;
+        use figment::providers::{Env, Format, Serialized, Toml};
+
+        #[derive(Debug, Default, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        struct Config {
+            tls: Option<TlsPaths>,
+        }
+        let extract = |toml: &str| {
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(toml))
+                .merge(Env::prefixed("HLS_RELAY_").split("__"))
+                .extract::<Config>()
+        };
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(extract("").unwrap().tls, None);
+            let toml = "[tls]\ncert_path = \"/c.pem\"\nkey_path = \"/k.pem\"\n";
+            jail.set_env("HLS_RELAY_TLS__KEY_PATH", "/other.pem");
+            let tls = extract(toml).unwrap().tls.unwrap();
+            assert_eq!(
+                (tls.cert_path.to_str(), tls.key_path.to_str()),
+                (Some("/c.pem"), Some("/other.pem"))
+            );
+            jail.clear_env();
+            let error = extract("[tls]\ncert_path = \"/c.pem\"\n").unwrap_err();
+            assert!(error.to_string().contains("key_path"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[tokio::test]
+    async fn a_stalled_write_fails_after_send_timeout() {
+        let timeout = Duration::from_millis(200);
+        // Nobody reads the other end: writes stall once its 64-byte buffer is full.
+        let (client, _server) = tokio::io::duplex(64);
+        let mut guarded = SendTimeout::new(client, timeout);
+        let started = Instant::now();
+        let error = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Err(error) = guarded.write_all(&[0; 64]).await {
+                    break error;
+                }
+            }
+        })
+        .await
+        .expect("the stalled write never failed");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= timeout);
+    }
+}
