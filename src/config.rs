@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::access::{AccessConfig, AccessMode};
+use crate::embed::EmbedConfig;
+use crate::listener::{ListenerConfig, TlsPaths};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -24,6 +26,9 @@ pub struct Config {
     pub cors: CorsConfig,
     pub log: LogConfig,
     pub access: AccessConfig,
+    /// Serve HTTPS (ALPN h2, http/1.1) on `server.listen` with this certificate; unset: HTTP/1.1 and h2c.
+    pub tls: Option<TlsPaths>,
+    pub embed: EmbedConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,9 +40,27 @@ pub struct ServerConfig {
     /// Key that signs the object URLs the relay writes into playlists. Instances that share it accept each
     /// other's URLs; empty: a random key per process (URLs then die with the process).
     pub url_key: Option<String>,
-    /// Bound on a whole request (headers to last byte) except streamed media bodies.
+    /// Bound on producing a response head (streamed media bodies run on).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// TLS handshake plus first request head; also each HTTP/1.1 request head (slowloris) and HTTP/1.1 keep-alive.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Request line plus headers (431 beyond); 8KiB to 1MiB.
+    pub max_header_bytes: ByteSize,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A client that accepts no byte for this long is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Open connections at most; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// Concurrent requests on one HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
+    /// After SIGTERM/Ctrl-C, how long in-flight responses may take before their connections are cut.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -117,11 +140,19 @@ pub struct LogConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
+        let listener = ListenerConfig::default();
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             public_url: None,
             url_key: None,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: listener.header_read_timeout,
+            max_header_bytes: listener.max_header_bytes,
+            idle_timeout: listener.idle_timeout,
+            send_timeout: listener.send_timeout,
+            max_connections: listener.max_connections,
+            h2_max_concurrent_streams: listener.h2_max_concurrent_streams,
+            shutdown_grace: listener.shutdown_grace,
         }
     }
 }
@@ -290,8 +321,25 @@ impl Config {
                 "token mode needs a secret: set access.token_secret or the Stream API secret",
             ));
         }
+        self.embed.validate()?;
         if self.cache.max_bytes.as_u64() < 1024 * 1024 {
             return Err(invalid("cache.max_bytes", "must be at least 1MiB"));
+        }
+        let header_bytes = self.server.max_header_bytes.as_u64();
+        if !(8 * 1024..=1024 * 1024).contains(&header_bytes) {
+            return Err(invalid(
+                "server.max_header_bytes",
+                "must be between 8KiB and 1MiB",
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if self.server.h2_max_concurrent_streams == 0 {
+            return Err(invalid(
+                "server.h2_max_concurrent_streams",
+                "must be at least 1",
+            ));
         }
         if self.upstream.max_concurrent_fetches == 0 {
             return Err(invalid(
@@ -312,12 +360,33 @@ impl Config {
             ),
             ("upstream.total_timeout", self.upstream.total_timeout),
             ("server.request_timeout", self.server.request_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("server.send_timeout", self.server.send_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));
             }
         }
         Ok(())
+    }
+
+    /// The listener's transport settings.
+    pub fn listener(&self) -> ListenerConfig {
+        let s = &self.server;
+        ListenerConfig {
+            tls: self.tls.clone(),
+            header_read_timeout: s.header_read_timeout,
+            max_header_bytes: s.max_header_bytes,
+            idle_timeout: s.idle_timeout,
+            send_timeout: s.send_timeout,
+            max_connections: s.max_connections,
+            h2_max_concurrent_streams: s.h2_max_concurrent_streams,
+            shutdown_grace: s.shutdown_grace,
+        }
     }
 
     /// The Stream credentials, or the reason `serve` cannot start without them.

@@ -112,21 +112,6 @@ pub fn routes() -> Router<Relay> {
         .route("/embed/{type}/{id}", get(page))
 }
 
-/// The embed settings in force.
-// TODO(wiring): `relay.config().embed.clone()` once `Config` has `pub embed: EmbedConfig`; until then the
-// settings come from the variables the config loader will read for them.
-fn embed_config(_relay: &Relay) -> EmbedConfig {
-    static FROM_ENV: LazyLock<EmbedConfig> = LazyLock::new(|| {
-        let mut config = EmbedConfig::default();
-        if let Ok(url) = std::env::var("HLS_RELAY_EMBED__HLS_JS_URL") {
-            config.hls_js_url = url;
-        }
-        config.hls_js_path = std::env::var_os("HLS_RELAY_EMBED__HLS_JS_PATH").map(PathBuf::from);
-        config
-    });
-    FROM_ENV.clone()
-}
-
 /// `GET /embed/{type}/{id}`: the player page. It is served for any well-formed call without asking Stream: the
 /// page itself learns from the state stream whether the call exists and broadcasts.
 async fn page(
@@ -134,7 +119,7 @@ async fn page(
     Path((kind, id)): Path<(String, String)>,
 ) -> Result<Response, RelayError> {
     let call = CallId::new(&kind, &id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
-    let config = embed_config(&relay);
+    let config = relay.config().embed.clone();
     let public_origin = relay
         .config()
         .server
@@ -165,7 +150,7 @@ async fn page(
 
 /// `GET /embed/hls.min.js`: the configured local hls.js.
 async fn hls_js(State(relay): State<Relay>) -> Result<Response, RelayError> {
-    let config = embed_config(&relay);
+    let config = relay.config().embed.clone();
     let Some(path) = config.hls_js_path else {
         return Err(RelayError::NotFound(
             "no local hls.js is configured (embed.hls_js_path)".into(),

@@ -97,8 +97,11 @@ async fn serve(
                 config.server.listen
             )
         })?;
+    // Loaded before anything else starts: a bad certificate stops start-up naming its config key.
+    let http = hls_relay::listener::Server::new(config.listener())?;
     let relay = server::build_relay(config)?;
-    tracing::info!(addr = %listener.local_addr()?, "hls-relay listening");
-    server::serve(listener, server::router(relay), server::shutdown_signal()).await?;
+    tracing::info!(addr = %listener.local_addr()?, tls = http.tls().is_some(), "hls-relay listening");
+    http.serve(listener, server::router(relay), server::shutdown_signal())
+        .await?;
     Ok(())
 }

@@ -23,6 +23,7 @@ use crate::cache::CachedObject;
 use crate::call::CallId;
 use crate::config::Config;
 use crate::error::RelayError;
+use crate::listener::TlsConnection;
 use crate::live::CallEvent;
 use crate::playlist;
 use crate::relay::{Relay, Served};
@@ -89,17 +90,6 @@ pub fn router(relay: Relay) -> Router {
         .with_state(relay)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight responses finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 /// Completes on Ctrl-C or SIGTERM (what container runtimes send before killing).
 pub async fn shutdown_signal() {
     let interrupt = async {
@@ -134,6 +124,7 @@ impl RunningRelay {
     pub async fn start(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let listener = TcpListener::bind(config.server.listen).await?;
         let addr = listener.local_addr()?;
+        let http = crate::listener::Server::new(config.listener())?;
         let relay = build_relay(config)?;
         let (shutdown, mut stop) = tokio::sync::watch::channel(false);
         let app = router(relay.clone());
@@ -141,7 +132,7 @@ impl RunningRelay {
             let stopped = async move {
                 let _ = stop.wait_for(|stop| *stop).await;
             };
-            if let Err(error) = serve(listener, app, stopped).await {
+            if let Err(error) = http.serve(listener, app, stopped).await {
                 tracing::error!(%error, "relay server stopped");
             }
         });
@@ -189,21 +180,24 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         .max_age(std::time::Duration::from_secs(86400))
 }
 
-/// Only playlists and JSON are worth compressing; media is already compressed.
+/// Text is worth compressing (playlists, JSON, the embed page and hls.js); media is already compressed.
 fn compressible(
     status: StatusCode,
     _: Version,
     headers: &HeaderMap,
     _: &axum::http::Extensions,
 ) -> bool {
+    const TEXT: [&str; 4] = [
+        "application/vnd.apple.mpegurl",
+        "application/json",
+        "text/html",
+        "text/javascript",
+    ];
     status.is_success()
         && headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                ct.starts_with("application/vnd.apple.mpegurl")
-                    || ct.starts_with("application/json")
-            })
+            .is_some_and(|ct| TEXT.iter().any(|text| ct.starts_with(text)))
 }
 
 /// Refuses traversal and smuggling attempts before routing: dot segments, encoded dots, slashes, backslashes and
@@ -304,6 +298,7 @@ async fn call_state(
     Path((kind, id)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
+    tls: Option<axum::Extension<TlsConnection>>,
 ) -> Result<Response, RelayError> {
     let call = CallId::new(&kind, &id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
     let token = relay
@@ -313,7 +308,7 @@ async fn call_state(
         Resolution::NotFound => return Err(RelayError::CallNotFound(call.to_string())),
         Resolution::NotBroadcasting => serde_json::Value::Null,
         Resolution::Live { .. } => {
-            serde_json::json!({"playlist_url": entry_url(relay.config(), &headers, &uri, &call, token)})
+            serde_json::json!({"playlist_url": entry_url(relay.config(), &headers, &uri, tls.is_some(), &call, token)})
         }
     };
     let body = serde_json::json!({"call": {
@@ -330,6 +325,7 @@ async fn call_events(
     Path((kind, id)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
+    tls: Option<axum::Extension<TlsConnection>>,
 ) -> Result<Response, RelayError> {
     let call = CallId::new(&kind, &id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
     let token = relay
@@ -342,7 +338,7 @@ async fn call_events(
         return Err(RelayError::CallNotFound(call.to_string()));
     }
     relay.watch(&call);
-    let playlist_url = entry_url(relay.config(), &headers, &uri, &call, token);
+    let playlist_url = entry_url(relay.config(), &headers, &uri, tls.is_some(), &call, token);
     let first = state_event(&call, &resolution, &playlist_url);
     let changes = futures_util::stream::unfold(
         (subscription, relay, call, playlist_url),
@@ -443,10 +439,11 @@ fn entry_url(
     config: &Config,
     headers: &HeaderMap,
     uri: &Uri,
+    tls: bool,
     call: &CallId,
     token: Option<&str>,
 ) -> String {
-    let base = public_base(config, headers, uri);
+    let base = public_base(config, headers, uri, tls);
     let mut url = format!("{base}/hls/{}/{}/{ENTRY_PLAYLIST}", call.kind(), call.id());
     if let Some(token) = token {
         url.push_str("?token=");
@@ -472,7 +469,7 @@ fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
 }
 
 /// The relay's own absolute base URL: configured, or as this request reached it.
-fn public_base(config: &Config, headers: &HeaderMap, uri: &Uri) -> String {
+fn public_base(config: &Config, headers: &HeaderMap, uri: &Uri, tls: bool) -> String {
     if let Some(url) = &config.server.public_url {
         return url.trim_end_matches('/').to_owned();
     }
@@ -481,11 +478,15 @@ fn public_base(config: &Config, headers: &HeaderMap, uri: &Uri) -> String {
         .map(|a| a.as_str())
         .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("localhost");
-    let scheme = headers
+    let forwarded_https = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
-        .filter(|p| *p == "https")
-        .unwrap_or("http");
+        .is_some_and(|p| p == "https");
+    let scheme = if tls || forwarded_https {
+        "https"
+    } else {
+        "http"
+    };
     format!("{scheme}://{host}")
 }
 

@@ -114,7 +114,7 @@ async fn a_stream_user_token_plays_and_is_carried_into_every_uri() {
     );
 
     // A player follows the URIs as written and never needs to know about tokens.
-    let media_path = resolve(entry, &uri_lines(&master)[0]);
+    let media_path = resolve(entry, uri_lines(&master)[0]);
     let media = world.playlist(&media_path).await;
     let segment = resolve(&media_path, uri_lines(&media)[0]);
     assert!(segment.contains("?token="));

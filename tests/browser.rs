@@ -34,15 +34,8 @@ fn hls_js_file() -> PathBuf {
 
 /// Makes the embed page load hls.js from the relay (`/embed/hls.min.js`, the npm package's file): the tests
 /// have no internet, so the default CDN URL would not load.
-// TODO(wiring): once `Config` has `embed`, this is `config.embed.hls_js_path = Some(hls_js_file());` and the
-// environment variable goes.
-fn local_hls_js(_config: &mut Config) {
-    static SET: std::sync::Once = std::sync::Once::new();
-    SET.call_once(|| {
-        // SAFETY: set once, before any relay of this test binary serves a page, to a value that never changes;
-        // nothing else in the process writes the environment.
-        unsafe { std::env::set_var("HLS_RELAY_EMBED__HLS_JS_PATH", hls_js_file()) };
-    });
+fn local_hls_js(config: &mut Config) {
+    config.embed.hls_js_path = Some(hls_js_file());
 }
 
 /// What a browser run needs, or None (after saying what is missing) where this machine cannot run one. In CI

@@ -13,7 +13,7 @@
   // A proxy that buffers event streams would leave the page waiting forever: poll when no state comes.
   var SSE_PATIENCE_MS = 10000;
   // After the broadcast stops, the viewer is a few seconds behind it: let the tail play out, within bounds.
-  var DRAIN_STALL_MS = 4000;
+  var DRAIN_STALL_MS = 8000; // generous: a loaded machine may pause a while before the tail arrives
   var DRAIN_MAX_MS = 30000;
   var RETRY_MIN_MS = 2000;
   var RETRY_MAX_MS = 30000;
