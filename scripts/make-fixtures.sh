@@ -43,6 +43,8 @@ video v360 640x360 360 main 3.0
 ff -f lavfi -i "sine=frequency=440:sample_rate=48000:duration=$DURATION" \
     -af "atrim=end_sample=$((48000 * DURATION / 1024 * 1024))" -c:a aac -profile:a aac_low -b:a 64k -ac 2 -vn "$work/audio.mp4"
 
+# `make-fixtures.sh ll` makes only the low-latency set (last section) and leaves ts/ and fmp4/ as they are.
+if [ "${1:-}" != ll ]; then
 rm -rf "$out/ts" "$out/fmp4"
 for rendition in v180 v360 audio; do
     mkdir -p "$out/ts/$rendition" "$out/fmp4/$rendition"
@@ -64,3 +66,32 @@ for dir in "$out"/ts/* "$out"/fmp4/*; do
     fi
 done
 du -sh "$out"
+fi
+
+# Low-latency HLS: fixtures/ll/<rendition>/init.mp4 + seg_000.m4s … seg_014.m4s
+#
+# The same mezzanines cut into the same 2 s segments, each made of four movie fragments (moof+mdat) of about 0.5 s,
+# which the simulator's LL-HLS mode serves one by one as partial segments (src/sim/mp4.rs splits the segments at
+# their top-level boxes, and reads part durations and keyframes from the boxes). ffmpeg's dash muxer does the
+# cutting: `-frag_type duration` closes a fragment once it holds 0.5 s (15 video frames; 24 AAC frames, so 0.512 s,
+# with a shorter last fragment per segment) and `-streaming 1` leaves out the per-fragment sidx boxes. Each video
+# segment starts on its keyframe; its later fragments start on P-frames. fMP4 only: there are no TS parts.
+ll="$out/ll"
+rm -rf "$ll"
+for rendition in v180 v360 audio; do
+    dash="$work/dash-$rendition"
+    mkdir -p "$dash" "$ll/$rendition"
+    ff -i "$work/$rendition.mp4" -c copy -f dash -streaming 1 -seg_duration "$SEGMENT" \
+        -frag_type duration -frag_duration 0.5 -init_seg_name init.mp4 -media_seg_name 'seg_$Number%03d$.m4s' \
+        "$dash/manifest.mpd"
+    mv "$dash/init.mp4" "$ll/$rendition/init.mp4"
+    # The dash muxer numbers segments from 1; the fixtures count from 0. Exactly $SEGMENTS, as for the other sets.
+    for ((i = 0; i < SEGMENTS; i++)); do
+        mv "$dash/$(printf 'seg_%03d.m4s' $((i + 1)))" "$ll/$rendition/$(printf 'seg_%03d.m4s' "$i")"
+    done
+    if [ -n "$(find "$dash" -name 'seg_*.m4s')" ]; then
+        echo "$rendition: more than $SEGMENTS low-latency segments" >&2
+        exit 1
+    fi
+done
+du -sh "$ll"

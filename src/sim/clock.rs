@@ -6,9 +6,14 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::watch;
+
 #[derive(Default)]
 pub struct Clock {
     offset: Mutex<Duration>,
+    /// Counts advances, so that requests waiting for simulated time (LL-HLS blocking reloads, parts being
+    /// produced) wake when a test moves the clock, not only when real time catches up.
+    advances: watch::Sender<u64>,
 }
 
 impl Clock {
@@ -17,8 +22,33 @@ impl Clock {
     }
 
     pub fn advance(&self, by: Duration) {
-        let mut offset = self.offset.lock().unwrap_or_else(|e| e.into_inner());
-        *offset = offset.saturating_add(by);
+        {
+            let mut offset = self.offset.lock().unwrap_or_else(|e| e.into_inner());
+            *offset = offset.saturating_add(by);
+        }
+        self.advances.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes each time the clock is advanced.
+    pub fn advances(&self) -> watch::Receiver<u64> {
+        self.advances.subscribe()
+    }
+
+    /// Waits until `now()` reaches `at`: in real time, or sooner if the clock is advanced.
+    pub async fn sleep_until(&self, at: Instant) {
+        let mut advances = self.advances();
+        loop {
+            advances.borrow_and_update();
+            let left = at.saturating_duration_since(self.now());
+            if left.is_zero() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(left) => {}
+                // The sender lives as long as the clock, which outlives its sleepers.
+                _ = advances.changed() => {}
+            }
+        }
     }
 
     /// Monotonic time, for the live window.
@@ -98,6 +128,27 @@ mod tests {
             "2024-05-01T12:00:00.000000007Z"
         );
         assert_eq!(rfc3339_ns(-1), "1969-12-31T23:59:59.999999999Z");
+    }
+
+    #[tokio::test]
+    async fn sleepers_wake_when_the_clock_advances() {
+        let clock = std::sync::Arc::new(Clock::default());
+        let at = clock.now() + Duration::from_secs(3600);
+        let sleeper = tokio::spawn({
+            let clock = clock.clone();
+            async move { clock.sleep_until(at).await }
+        });
+        tokio::task::yield_now().await;
+        clock.advance(Duration::from_secs(3600));
+        tokio::time::timeout(Duration::from_secs(5), sleeper)
+            .await
+            .expect("woken by the advance")
+            .expect("sleeper finished");
+        // In real time too, and at once for instants already past.
+        let soon = clock.now() + Duration::from_millis(20);
+        clock.sleep_until(soon).await;
+        assert!(clock.now() >= soon);
+        clock.sleep_until(soon).await;
     }
 
     #[test]

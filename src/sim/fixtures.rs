@@ -3,10 +3,16 @@
 //! `scripts/make-fixtures.sh` writes `fixtures/`: 30 s of test pattern and tone in 15 segments of 2 s, per
 //! rendition and flavour, each with the VOD playlist ffmpeg wrote. The origin loops these segments forever; the
 //! segment durations come from those playlists, so the live playlists advertise what the bytes really hold.
+//!
+//! `fixtures/ll/` is the low-latency set (fMP4 only): the same 15 segments of 2 s, each made of four movie fragments
+//! of about 0.5 s, which LL-HLS broadcasts serve as partial segments. Their boundaries, durations and keyframes are
+//! read from the boxes (`mp4.rs`) when the set is first used.
 
+use std::ops::Range;
 use std::sync::LazyLock;
 
 use super::Flavour;
+use super::mp4;
 
 /// Segments per rendition in `fixtures/` (the script checks it produced exactly this many).
 pub const SEGMENT_COUNT: usize = 15;
@@ -187,6 +193,103 @@ static TS: LazyLock<[Media; 3]> = LazyLock::new(|| [ts!("v360"), ts!("v180"), ts
 static FMP4: LazyLock<[Media; 3]> =
     LazyLock::new(|| [fmp4!("v360"), fmp4!("v180"), fmp4!("audio")]);
 
+/// Parts per segment in the low-latency fixtures (the script cuts a fragment every 0.5 s of a 2 s segment).
+pub const PARTS_PER_SEGMENT: usize = 4;
+
+/// One movie fragment of a low-latency segment: an LL-HLS partial segment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part {
+    /// Where it lies in its segment.
+    pub range: Range<usize>,
+    /// Seconds, from the sample durations in its `trun` boxes.
+    pub duration: f64,
+    /// It starts with a sync sample (a keyframe; every AAC frame is one): `INDEPENDENT=YES`.
+    pub independent: bool,
+}
+
+/// The low-latency fixtures of a rendition: `media` as for the other sets (its durations the sums of the parts'),
+/// and each segment's parts.
+pub struct LlMedia {
+    pub media: Media,
+    /// Per segment. Empty for a segment that does not split into fragments (the fixture tests catch that).
+    pub parts: [Vec<Part>; SEGMENT_COUNT],
+}
+
+impl LlMedia {
+    /// Part `index` of the segment that plays at `msn`: its bytes and description.
+    pub fn part(&self, msn: u64, index: usize) -> Option<(&'static [u8], &Part)> {
+        let i = loop_index(msn);
+        let part = self.parts[i].get(index)?;
+        Some((self.media.segments[i].get(part.range.clone())?, part))
+    }
+
+    /// The parts of the segment that plays at `msn`.
+    pub fn parts(&self, msn: u64) -> &[Part] {
+        &self.parts[loop_index(msn)]
+    }
+}
+
+/// The low-latency fixtures of a rendition.
+pub fn ll_media(rendition: Rendition) -> &'static LlMedia {
+    &LL[rendition.index()]
+}
+
+/// The fixtures a broadcast serves: the low-latency set for LL-HLS, else its flavour's.
+pub fn media_for(flavour: Flavour, low_latency: bool, rendition: Rendition) -> &'static Media {
+    if low_latency {
+        &ll_media(rendition).media
+    } else {
+        media(flavour, rendition)
+    }
+}
+
+fn build_ll(init: &'static [u8], segments: [&'static [u8]; SEGMENT_COUNT]) -> LlMedia {
+    let defaults = mp4::track_defaults(init);
+    let parts: [Vec<Part>; SEGMENT_COUNT] = std::array::from_fn(|i| {
+        let segment = segments[i];
+        let split = defaults.and_then(|defaults| {
+            mp4::fragments(segment)?
+                .into_iter()
+                .map(|range| {
+                    let (duration, independent) =
+                        mp4::fragment_timing(segment.get(range.clone())?, defaults)?;
+                    Some(Part {
+                        range,
+                        duration,
+                        independent,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+        });
+        split.unwrap_or_default()
+    });
+    let durations = std::array::from_fn(|i| match parts[i].as_slice() {
+        [] => SEGMENT_SECS as f64,
+        parts => parts.iter().map(|p| p.duration).sum(),
+    });
+    LlMedia {
+        media: Media {
+            init: Some(init),
+            segments,
+            durations,
+            #[cfg(test)]
+            playlist: "",
+        },
+        parts,
+    }
+}
+
+macro_rules! ll {
+    ($rendition:literal) => {
+        build_ll(
+            include_bytes!(fixture_path!("ll/", $rendition, "/init.mp4")).as_slice(),
+            segments!("ll", $rendition, "m4s"),
+        )
+    };
+}
+
+static LL: LazyLock<[LlMedia; 3]> = LazyLock::new(|| [ll!("v360"), ll!("v180"), ll!("audio")]);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,17 +343,114 @@ mod tests {
     }
 
     #[test]
+    fn ll_segments_split_into_four_fragments_that_concatenate_back() {
+        for rendition in Rendition::ALL {
+            let ll = ll_media(rendition);
+            let init = ll.media.init.unwrap_or_default();
+            assert_eq!(init.get(4..8), Some(b"ftyp".as_slice()), "{rendition:?}");
+            for (i, segment) in ll.media.segments.iter().enumerate() {
+                let ranges = mp4::fragments(segment).expect("the segment splits");
+                assert_eq!(ranges.len(), PARTS_PER_SEGMENT, "{rendition:?} {i}");
+                let parts: Vec<&[u8]> = (0..PARTS_PER_SEGMENT)
+                    .map(|p| {
+                        ll.part(i as u64, p)
+                            .map(|(bytes, _)| bytes)
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                assert_eq!(
+                    parts.concat(),
+                    *segment,
+                    "{rendition:?} {i}: nothing lost or added"
+                );
+                for (p, part) in parts.iter().enumerate() {
+                    let first = part.get(4..8).unwrap_or_default();
+                    assert!(
+                        first == b"moof" || first == b"styp",
+                        "{rendition:?} {i}.{p}: {first:?}"
+                    );
+                    let boxes = mp4::boxes(part).expect("whole boxes");
+                    assert_eq!(boxes.iter().filter(|b| &b.kind == b"moof").count(), 1);
+                    assert_eq!(boxes.last().map(|b| b.kind), Some(*b"mdat"));
+                }
+                // The same segment a little later in the loop: the parts follow the fixture.
+                assert_eq!(
+                    ll.parts(i as u64 + SEGMENT_COUNT as u64),
+                    ll.parts[i].as_slice()
+                );
+            }
+            assert!(ll.part(0, PARTS_PER_SEGMENT).is_none());
+        }
+    }
+
+    #[test]
+    fn ll_part_durations_and_keyframes() {
+        let target = crate::sim::hls::PART_TARGET;
+        let mut longest: f64 = 0.0;
+        for rendition in Rendition::ALL {
+            let ll = ll_media(rendition);
+            let video = rendition != Rendition::Audio;
+            for (i, parts) in ll.parts.iter().enumerate() {
+                let total: f64 = parts.iter().map(|p| p.duration).sum();
+                assert!((total - ll.media.durations[i]).abs() < 1e-9);
+                assert!((1.9..=2.1).contains(&total), "{rendition:?} {i}: {total}");
+                for (p, part) in parts.iter().enumerate() {
+                    longest = longest.max(part.duration);
+                    assert!(
+                        part.duration <= target,
+                        "{rendition:?} {i}.{p}: {}",
+                        part.duration
+                    );
+                    // RFC 8216bis: at least 85% of the target, except independent and last parts.
+                    assert!(
+                        part.duration >= 0.85 * target
+                            || part.independent
+                            || p == PARTS_PER_SEGMENT - 1,
+                        "{rendition:?} {i}.{p}: {}",
+                        part.duration
+                    );
+                    if video {
+                        assert_eq!(
+                            part.duration, 0.5,
+                            "{rendition:?} {i}.{p}: 15 frames at 30 fps"
+                        );
+                        assert_eq!(
+                            part.independent,
+                            p == 0,
+                            "{rendition:?} {i}.{p}: a keyframe a segment"
+                        );
+                    } else {
+                        assert!(
+                            part.independent,
+                            "{rendition:?} {i}.{p}: every AAC frame is a sync sample"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            target - longest < 0.001,
+            "PART-TARGET {target} is the longest part, {longest}, rounded up"
+        );
+    }
+
+    #[test]
     fn video_codec_strings_match_the_encoded_streams() {
         for rendition in [Rendition::V360, Rendition::V180] {
             let init = media(Flavour::Fmp4, rendition).init.unwrap_or_default();
-            let at = init
-                .windows(4)
-                .position(|w| w == b"avcC")
-                .expect("avcC box");
-            // avcC: configurationVersion, then profile, constraint flags, level: the three bytes of avc1.PPCCLL.
-            let expected = format!("avc1.{}", hex::encode(&init[at + 5..at + 8]));
-            assert_eq!(rendition.codecs(), expected);
+            let ll = ll_media(rendition).media.init.unwrap_or_default();
+            assert_eq!(avc_codec(init), avc_codec(ll), "the same encoder settings");
+            assert_eq!(rendition.codecs(), avc_codec(init));
         }
+    }
+
+    /// `avc1.PPCCLL` from an init section's avcC box: configurationVersion, then profile, constraint flags, level.
+    fn avc_codec(init: &[u8]) -> String {
+        let at = init
+            .windows(4)
+            .position(|w| w == b"avcC")
+            .expect("avcC box");
+        format!("avc1.{}", hex::encode(&init[at + 5..at + 8]))
     }
 
     #[test]

@@ -15,8 +15,12 @@
 //! - `origin`: the CDN side (`/cdn/{type}/{id}/{session}/…`): a master playlist with two video variants and an
 //!   audio rendition, live sliding-window media playlists that advance in real time, and segments that loop the
 //!   embedded fixtures. Per call it can sign segment URLs, redirect the master, or misbehave (`OriginFault`).
-//! - `hls`: the origin's pure core (window arithmetic, playlist text, paths, URL signing).
-//! - `fixtures`: the media, embedded from `fixtures/` (made by `scripts/make-fixtures.sh`).
+//!   With `CallSetup::low_latency` (fMP4) it is an LL-HLS origin: parts of 0.5 s produced in real time, blocking
+//!   playlist reloads (`_HLS_msn`, `_HLS_part`), preload hints whose parts stream out as they are produced, delta
+//!   updates (`_HLS_skip`) and rendition reports.
+//! - `hls`: the origin's pure core (window and production arithmetic, playlist text, paths, URL signing).
+//! - `fixtures`: the media, embedded from `fixtures/` (made by `scripts/make-fixtures.sh`); `mp4` splits the
+//!   low-latency segments into their movie fragments, the parts.
 //! - `state` and `clock`: the calls and counters the handlers share, and a clock tests can advance (events'
 //!   `created_at` follow it, with nanoseconds, strictly increasing).
 //!
@@ -33,6 +37,7 @@ mod api;
 mod clock;
 mod fixtures;
 mod hls;
+mod mp4;
 mod origin;
 mod roles;
 mod state;
@@ -52,8 +57,11 @@ use axum::response::Json;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-pub use fixtures::{Rendition, SEGMENT_COUNT, SEGMENT_SECS};
-pub use hls::WINDOW_SEGMENTS;
+pub use fixtures::{PARTS_PER_SEGMENT, Rendition, SEGMENT_COUNT, SEGMENT_SECS};
+pub use hls::{
+    ADVANCE_PART_LIMIT, BLOCK_TIMEOUT, LL_WINDOW_SEGMENTS, PART_HOLD_BACK, PART_INTERVAL,
+    PART_TARGET, SKIP_UNTIL, WINDOW_SEGMENTS,
+};
 pub use state::ENDED_RETENTION;
 pub use webhooks::{ATTEMPT_TIMEOUT, BACKOFF, Delivery, SentWebhook, Signature};
 
@@ -106,6 +114,22 @@ pub struct CallSetup {
     pub redirect_master: bool,
     /// The call starts in backstage mode, as `livestream` calls do, until `go_live` (default false).
     pub backstage: bool,
+    /// LL-HLS (default false; fMP4 only, ignored for `Flavour::Ts`): media playlists (version 9) list parts
+    /// (`seg_000042.part2.m4s`, `PARTS_PER_SEGMENT` a segment, one every `PART_INTERVAL`; video parts last 0.5 s,
+    /// audio ones up to `PART_TARGET`) for the last segments and the one being produced, a preload hint for the next part, rendition reports for the other renditions, and advertise
+    /// `CAN-BLOCK-RELOAD=YES`, `PART-HOLD-BACK` and `CAN-SKIP-UNTIL`. The origin honours `_HLS_msn`/`_HLS_part`
+    /// (held until the part is there; 400 past the limits; 503 after `BLOCK_TIMEOUT`) and `_HLS_skip=YES` (a delta
+    /// update), holds a request for the hinted part and sends its bytes as they are produced. Segments and parts
+    /// come from the low-latency fixtures, which play the same test pattern and tone. The playlist holds
+    /// `LL_WINDOW_SEGMENTS` segments from the start.
+    pub low_latency: bool,
+}
+
+impl CallSetup {
+    /// Whether the call's broadcasts are LL-HLS: `low_latency` on an fMP4 call.
+    pub(crate) fn is_low_latency(&self) -> bool {
+        self.low_latency && self.flavour == Flavour::Fmp4
+    }
 }
 
 impl Default for CallSetup {
@@ -116,6 +140,7 @@ impl Default for CallSetup {
             signed_urls: true,
             redirect_master: false,
             backstage: false,
+            low_latency: false,
         }
     }
 }
@@ -186,11 +211,13 @@ fn advertised(bound: SocketAddr) -> SocketAddr {
 async fn stats(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let counters = &shared.counters;
     let by_path: BTreeMap<String, u64> = counters.origin_snapshot().into_iter().collect();
+    let blocking: BTreeMap<String, u64> = counters.blocking_snapshot().into_iter().collect();
     Json(json!({
         "api_requests": counters.get_call(),
         "api_action_requests": counters.actions(),
         "total_origin_requests": counters.origin_total(),
         "origin_requests": by_path,
+        "blocking_requests": blocking,
     }))
 }
 
@@ -350,11 +377,19 @@ impl SimHandle {
     /// Makes the call's origin misbehave (or behave again with `OriginFault::None`). Ignored for unknown calls.
     pub fn set_fault(&self, call_type: &str, id: &str, fault: OriginFault) {
         self.shared.with_call(call_type, id, |c| c.fault = fault);
+        self.shared.changed();
     }
 
-    /// Requests the origin received for this exact path (without query), whatever their outcome.
+    /// Requests the origin received for this exact path (without query), whatever their outcome. Parts count like
+    /// segments, under their own paths.
     pub fn origin_requests(&self, path: &str) -> u64 {
         self.shared.counters.origin(path)
+    }
+
+    /// Of `origin_requests(path)`, those that carried `_HLS_msn` (blocking playlist reloads), whatever their
+    /// outcome. A relay that coalesces blocking requests keeps this low.
+    pub fn blocking_requests(&self, path: &str) -> u64 {
+        self.shared.counters.blocking(path)
     }
 
     pub fn total_origin_requests(&self) -> u64 {
@@ -382,8 +417,9 @@ impl SimHandle {
             .flatten()
     }
 
-    /// Moves the simulator's clock forward: live playlists advance by `by / 2 s` segments at once, and stopped
-    /// broadcasts age. Lets tests wait on the origin without sleeping.
+    /// Moves the simulator's clock forward: live playlists advance by `by / 2 s` segments at once (LL-HLS ones by
+    /// `by / 0.5 s` parts, and held requests wake), and stopped broadcasts age. Lets tests wait on the origin
+    /// without sleeping.
     pub fn advance_clock(&self, by: Duration) {
         self.shared.clock.advance(by);
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::clock::Clock;
-use super::hls::{PREROLL, UriSigner, Window, session_dir};
+use super::hls::{LL_PREROLL, PREROLL, Production, UriSigner, Window, session_dir};
 use super::roles::Roles;
 use super::webhooks::{self, EventKind, Webhooks};
 use super::{CallSetup, OriginFault};
@@ -28,25 +28,44 @@ pub struct Broadcast {
     /// Random token in the playlist URL: a restart gives a new URL, as Stream's does.
     pub session: String,
     pub started: Instant,
-    /// Wall-clock Unix ms at which MSN 0 began (`PREROLL` before the start).
+    /// Wall-clock Unix ms at which MSN 0 began (`PREROLL`, or `LL_PREROLL`, before the start).
     pub epoch_ms: i64,
     pub ended: Option<Instant>,
+    /// LL-HLS: parts, blocking reloads and the low-latency fixtures (fMP4 calls with `low_latency` only).
+    pub low_latency: bool,
 }
 
 impl Broadcast {
-    fn start(clock: &Clock) -> Broadcast {
+    fn start(clock: &Clock, low_latency: bool) -> Broadcast {
+        let preroll = if low_latency { LL_PREROLL } else { PREROLL };
         Broadcast {
             session: format!("{:016x}", rand::random::<u64>()),
             started: clock.now(),
-            epoch_ms: clock.unix_ms() - PREROLL.as_millis() as i64,
+            epoch_ms: clock.unix_ms() - preroll.as_millis() as i64,
             ended: None,
+            low_latency,
         }
+    }
+
+    /// Time the broadcast has run, frozen at the moment it stopped.
+    fn elapsed(&self, now: Instant) -> Duration {
+        self.ended
+            .unwrap_or(now)
+            .saturating_duration_since(self.started)
     }
 
     /// The live window now, frozen at the moment the broadcast stopped.
     pub fn window(&self, now: Instant) -> Window {
-        let until = self.ended.unwrap_or(now);
-        Window::live(until.saturating_duration_since(self.started))
+        if self.low_latency {
+            self.production(now).window()
+        } else {
+            Window::live(self.elapsed(now))
+        }
+    }
+
+    /// Where the LL-HLS encoder is now (frozen at the stop), parts included.
+    pub fn production(&self, now: Instant) -> Production {
+        Production::since_start(self.elapsed(now))
     }
 
     /// Stopped long enough ago that the origin forgot it.
@@ -110,7 +129,7 @@ impl Call {
     pub fn start_broadcasting(&mut self, clock: &Clock) -> bool {
         let was_external = self.external_url.take().is_some();
         if self.running().is_none() {
-            self.broadcast = Some(Broadcast::start(clock));
+            self.broadcast = Some(Broadcast::start(clock, self.setup.is_low_latency()));
             return true;
         }
         was_external
@@ -202,6 +221,8 @@ fn master_url(base_url: &str, call_type: &str, id: &str, session: &str) -> Strin
 #[derive(Default)]
 pub struct Counters {
     origin_by_path: Mutex<HashMap<String, u64>>,
+    /// Origin requests that carried `_HLS_msn`, by path.
+    blocking_by_path: Mutex<HashMap<String, u64>>,
     origin_total: AtomicU64,
     api_get_call: AtomicU64,
     api_actions: AtomicU64,
@@ -212,6 +233,19 @@ impl Counters {
         self.origin_total.fetch_add(1, Ordering::Relaxed);
         let mut by_path = lock(&self.origin_by_path);
         *by_path.entry(path.to_owned()).or_default() += 1;
+    }
+
+    pub fn count_blocking(&self, path: &str) {
+        let mut by_path = lock(&self.blocking_by_path);
+        *by_path.entry(path.to_owned()).or_default() += 1;
+    }
+
+    pub fn blocking(&self, path: &str) -> u64 {
+        lock(&self.blocking_by_path).get(path).copied().unwrap_or(0)
+    }
+
+    pub fn blocking_snapshot(&self) -> HashMap<String, u64> {
+        lock(&self.blocking_by_path).clone()
     }
 
     pub fn count_get_call(&self) {
@@ -274,6 +308,9 @@ pub struct Shared {
     pub webhooks: Webhooks,
     /// Flips to `true` once on shutdown; stalled requests wait for it so the server can stop.
     pub shutdown: watch::Sender<bool>,
+    /// Changes whenever a call is registered or changes state, so that held requests (LL-HLS blocking reloads)
+    /// look again: a stopped broadcast answers them at once.
+    pub changes: watch::Sender<u64>,
     calls: Mutex<HashMap<(String, String), Call>>,
 }
 
@@ -289,6 +326,7 @@ impl Shared {
             roles: Roles::default(),
             webhooks: Webhooks::default(),
             shutdown: watch::Sender::new(false),
+            changes: watch::Sender::new(0),
             calls: Mutex::new(HashMap::new()),
         }
     }
@@ -301,6 +339,12 @@ impl Shared {
     pub fn add_call(&self, call_type: &str, id: &str, setup: CallSetup) {
         let call = Call::new(setup, &self.clock);
         lock(&self.calls).insert(Self::key(call_type, id), call);
+        self.changed();
+    }
+
+    /// Wakes held requests to look at the calls again.
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Runs `f` on the call, if it is registered.
@@ -333,7 +377,9 @@ impl Shared {
         if call.ended_ms.is_some() {
             *call = fresh();
         }
-        f(call)
+        let out = f(call);
+        self.changed();
+        out
     }
 
     /// Applies `op` to `call` (which the caller holds through `with_call`) and emits the events it causes, each
@@ -395,6 +441,7 @@ impl Shared {
                 }
             }
         }
+        self.changed();
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use reqwest::{Client, StatusCode, redirect};
 use serde_json::{Value, json};
 use url::Url;
@@ -978,4 +979,324 @@ async fn explicit_roles_replace_the_host_prefix() {
         m.iter()
             .any(|m| m["user_id"] == "host-demoted" && m["role"] == "host")
     }));
+}
+
+// LL-HLS: blocking reloads, preload hints, parts, delta updates, rendition reports.
+
+fn ll_setup() -> CallSetup {
+    CallSetup {
+        flavour: Flavour::Fmp4,
+        low_latency: true,
+        ..CallSetup::default()
+    }
+}
+
+/// The URL of a rendition's media playlist of the call.
+fn media_url(sim: &SimHandle, id: &str, rendition: &str) -> String {
+    sim.playlist_url(CALL_TYPE, id)
+        .unwrap_or_default()
+        .replace("master.m3u8", &format!("{rendition}/index.m3u8"))
+}
+
+fn path_of(url: &str) -> String {
+    Url::parse(url)
+        .map(|u| u.path().to_owned())
+        .unwrap_or_default()
+}
+
+/// The URI of the playlist's preload hint.
+fn hint(playlist: &str) -> String {
+    playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
+        .map(|rest| rest.trim_end_matches('"').to_owned())
+        .expect("a preload hint")
+}
+
+/// (MSN, part index) of a part URI such as `seg_000012.part2.m4s?sig=…`.
+fn part_numbers(uri: &str) -> (u64, u64) {
+    let file = uri.split('?').next().unwrap_or_default();
+    let numbers = file
+        .strip_prefix("seg_")
+        .and_then(|rest| rest.strip_suffix(".m4s"))
+        .and_then(|rest| rest.split_once(".part"))
+        .and_then(|(msn, part)| Some((msn.parse().ok()?, part.parse().ok()?)));
+    numbers.expect("a part URI")
+}
+
+/// Whether the playlist lists part `part` of MSN `msn` as produced (an EXT-X-PART, not just the hint).
+fn lists_part(playlist: &str, (msn, part): (u64, u64)) -> bool {
+    let name = format!("URI=\"seg_{msn:06}.part{part}.m4s");
+    playlist
+        .lines()
+        .any(|l| l.starts_with("#EXT-X-PART:") && l.contains(&name))
+}
+
+/// Fetches with a bound: a held request that never answers fails the test instead of hanging it.
+async fn fetch_within(url: String, within: Duration) -> reqwest::Response {
+    tokio::time::timeout(within, fetch(&url))
+        .await
+        .expect("answered in time")
+}
+
+#[tokio::test]
+async fn ll_blocking_reload_is_held_until_the_part_appears() {
+    let sim = sim().await;
+    sim.add_call(CALL_TYPE, "ll", ll_setup());
+    let url = media_url(&sim, "ll", "v360");
+    let path = path_of(&url);
+    let (status, playlist) = text(&url).await;
+    assert_eq!(status, StatusCode::OK);
+    let wanted = part_numbers(&hint(&playlist));
+    assert!(!lists_part(&playlist, wanted));
+
+    // Held until the hinted part is produced: here the clock is advanced past it.
+    let (msn, part) = wanted;
+    let pending = tokio::spawn(fetch_within(
+        format!("{url}?_HLS_msn={msn}&_HLS_part={part}"),
+        Duration::from_secs(5),
+    ));
+    wait_until(|| sim.blocking_requests(&path) == 1).await;
+    sim.advance_clock(PART_INTERVAL);
+    let response = pending.await.expect("request task");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "public, max-age=12");
+    let answer = response.text().await.unwrap_or_default();
+    assert!(lists_part(&answer, wanted), "{answer}");
+    assert_eq!(sim.origin_requests(&path), 2);
+
+    // A whole segment further on is more than 2 s of real time away; advancing the clock releases it at once.
+    let (current, _) = part_numbers(&hint(&answer));
+    let began = Instant::now();
+    let pending = tokio::spawn(fetch_within(
+        format!("{url}?_HLS_msn={}", current + 1),
+        Duration::from_secs(5),
+    ));
+    wait_until(|| sim.blocking_requests(&path) == 2).await;
+    sim.advance_clock(Duration::from_secs(5));
+    let answer = pending.await.expect("request task");
+    let elapsed = began.elapsed();
+    let answer = answer.text().await.unwrap_or_default();
+    assert!(
+        answer.contains(&format!("seg_{:06}.m4s?sig=", current + 1)),
+        "{answer}"
+    );
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    assert_eq!(sim.blocking_requests(&path), 2);
+    assert_eq!(sim.origin_requests(&path), 3);
+
+    // In real time too: the next part is at most PART_INTERVAL away.
+    let (msn, part) = part_numbers(&hint(&answer));
+    let response = fetch_within(
+        format!("{url}?_HLS_msn={msn}&_HLS_part={part}"),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(lists_part(
+        &response.text().await.unwrap_or_default(),
+        (msn, part)
+    ));
+}
+
+#[tokio::test]
+async fn ll_requests_too_far_ahead_are_refused() {
+    let sim = sim().await;
+    sim.add_call(CALL_TYPE, "ll", ll_setup());
+    let url = media_url(&sim, "ll", "audio");
+    let (_, playlist) = text(&url).await;
+    let (current, part) = part_numbers(&hint(&playlist));
+    // The last complete segment is current - 1: current + 1 is the furthest one may wait for (one more in case a
+    // segment completes meanwhile).
+    for query in [
+        format!("_HLS_msn={}", current + 3),
+        format!("_HLS_msn={}&_HLS_part=0", current + 10),
+        "_HLS_part=1".to_owned(),
+        "_HLS_msn=twelve".to_owned(),
+    ] {
+        let response = fetch_within(format!("{url}?{query}"), Duration::from_secs(2)).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+    }
+    assert_eq!(sim.blocking_requests(&path_of(&url)), 3);
+
+    // A part further ahead than the hint does not exist yet.
+    let later = hint(&playlist).replace(
+        &format!("seg_{current:06}.part{part}"),
+        &format!("seg_{:06}.part{part}", current + 2),
+    );
+    let later = Url::parse(&url)
+        .and_then(|u| u.join(&later))
+        .map(String::from)
+        .unwrap_or_default();
+    assert_eq!(fetch(&later).await.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn ll_delta_updates_skip_the_old_segments() {
+    let sim = sim().await;
+    sim.add_call(CALL_TYPE, "ll", ll_setup());
+    let url = media_url(&sim, "ll", "v180");
+    let (status, delta) = text(&format!("{url}?_HLS_skip=YES")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(delta.contains("#EXT-X-VERSION:9\n"));
+    let skipped: u64 = delta
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-SKIP:SKIPPED-SEGMENTS="))
+        .and_then(|n| n.parse().ok())
+        .expect("EXT-X-SKIP");
+    assert_eq!(skipped, LL_WINDOW_SEGMENTS / 2);
+    let first = media_sequence(&delta).unwrap_or_default() + skipped;
+    let listed = uris(&url, &delta);
+    assert_eq!(listed.len() as u64, LL_WINDOW_SEGMENTS - skipped);
+    assert!(
+        listed[0].contains(&format!("/seg_{first:06}.m4s?sig=")),
+        "{delta}"
+    );
+    let (_, full) = text(&url).await;
+    assert!(!full.contains("EXT-X-SKIP"));
+}
+
+#[tokio::test]
+async fn ll_hinted_part_is_held_and_streams_as_it_is_produced() {
+    let sim = sim().await;
+    sim.add_call(CALL_TYPE, "ll", ll_setup());
+    let url = media_url(&sim, "ll", "v360");
+    // Real time drives production: a machine so busy that the test misses a whole part interval tries again.
+    for _attempt in 0..5 {
+        if let Some(part_url) = stream_a_hinted_part(&url).await {
+            assert_eq!(sim.origin_requests(&path_of(&part_url)), 2);
+            return;
+        }
+    }
+    panic!("never caught a part while it was produced");
+}
+
+/// Requests the preload hint's part while it is produced and checks it arrives in pieces, the first before the part
+/// is complete, then in one piece once complete. The part's URL, or None if the test was too slow to catch it.
+async fn stream_a_hinted_part(url: &str) -> Option<String> {
+    let (_, playlist) = text(url).await;
+    // Line up with a part boundary: a blocking reload for the part after the hinted one answers once that part is
+    // produced (at least one part interval away), and its hint is then a part whose production has just begun.
+    let (msn, part) = part_numbers(&hint(&playlist));
+    let (_, playlist) = text(&format!("{url}?_HLS_msn={msn}&_HLS_part={}", part + 1)).await;
+    let hinted = hint(&playlist);
+    let (msn, part) = part_numbers(&hinted);
+    let part_url = Url::parse(url)
+        .and_then(|u| u.join(&hinted))
+        .map(String::from)
+        .unwrap_or_default();
+    // Tells when the part is complete.
+    let complete = tokio::spawn(fetch_within(
+        format!("{url}?_HLS_msn={msn}&_HLS_part={part}"),
+        Duration::from_secs(5),
+    ));
+
+    let response = fetch_within(part_url.clone(), Duration::from_secs(5)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "video/mp4");
+    if response.content_length().is_some() {
+        // Already complete: sent whole, with its length.
+        return None;
+    }
+    let mut body = response.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .expect("a first piece in time")
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let early = !complete.is_finished();
+    let mut received = first.to_vec();
+    while let Some(piece) = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .expect("the rest in time")
+    {
+        received.extend_from_slice(&piece.expect("body piece"));
+    }
+    assert!(first.len() < received.len(), "in pieces");
+    assert_eq!(received.get(4..8), Some(b"moof".as_slice()));
+    let listed = complete.await.expect("request task");
+    assert!(lists_part(
+        &listed.text().await.unwrap_or_default(),
+        (msn, part)
+    ));
+
+    // Now produced: the same bytes at once, with their length.
+    let response = fetch(&part_url).await;
+    assert_eq!(response.content_length(), Some(received.len() as u64));
+    assert_eq!(response.bytes().await.unwrap_or_default(), received);
+    // The first piece came before the part was produced (unless this machine was too slow to tell).
+    early.then_some(part_url)
+}
+
+#[tokio::test]
+async fn ll_rendition_reports_point_at_the_other_playlists() {
+    let sim = sim().await;
+    sim.add_call(CALL_TYPE, "ll", ll_setup());
+    let url = media_url(&sim, "ll", "v360");
+    let (_, playlist) = text(&url).await;
+    let (msn, part) = part_numbers(&hint(&playlist));
+    let last = if part == 0 {
+        (msn - 1, 3)
+    } else {
+        (msn, part - 1)
+    };
+    let reports: Vec<&str> = playlist
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-RENDITION-REPORT:"))
+        .collect();
+    assert_eq!(reports.len(), 2, "{playlist}");
+    for (report, other) in reports.iter().zip(["v180", "audio"]) {
+        assert_eq!(
+            *report,
+            format!(
+                "URI=\"../{other}/index.m3u8\",LAST-MSN={},LAST-PART={}",
+                last.0, last.1
+            )
+        );
+        let uri = report
+            .strip_prefix("URI=\"")
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default();
+        let resolved = Url::parse(&url)
+            .and_then(|u| u.join(uri))
+            .map(String::from)
+            .unwrap_or_default();
+        assert_eq!(resolved, media_url(&sim, "ll", other));
+        let (status, theirs) = text(&resolved).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(part_numbers(&hint(&theirs)) >= (msn, part));
+    }
+}
+
+/// `ffmpeg` reads the LL-HLS playlists (ignoring parts) and decodes the segments. Needs ffmpeg on PATH:
+/// `cargo test --lib sim::tests::ffmpeg_plays_an_ll_broadcast -- --ignored`.
+#[tokio::test]
+#[ignore = "needs ffmpeg"]
+async fn ffmpeg_plays_an_ll_broadcast() {
+    let sim = sim().await;
+    sim.add_call(CALL_TYPE, "ll", ll_setup());
+    let master = sim.playlist_url(CALL_TYPE, "ll").unwrap_or_default();
+    for url in [master, media_url(&sim, "ll", "v360")] {
+        let output = tokio::process::Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-nostdin",
+                "-v",
+                "error",
+                "-i",
+                &url,
+                "-t",
+                "4",
+                "-f",
+                "null",
+                "-",
+            ])
+            .output()
+            .await
+            .expect("ffmpeg runs");
+        assert!(
+            output.status.success() && output.stderr.is_empty(),
+            "{url}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
