@@ -120,3 +120,63 @@ async fn an_ended_playlist_answers_every_directive() {
     let ended = fresh.playlist(&format!("{media_path}?_HLS_msn=4")).await;
     assert!(ended.contains("#EXT-X-ENDLIST"));
 }
+
+/// An LL-HLS broadcast from the simulator (CAN-BLOCK-RELOAD=YES, 0.5 s parts): 500 viewers blocked on the next
+/// part share one blocking request upstream, and all of them get the part as soon as it exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_viewers_blocked_on_the_next_part_cause_one_upstream_request() {
+    let world = World::start().await;
+    let low_latency = hls_relay::sim::CallSetup {
+        flavour: Flavour::Fmp4,
+        low_latency: true,
+        ..Default::default()
+    };
+    world.sim.add_call("livestream", "ll", low_latency);
+    let (media_path, media) = world.first_media_playlist("ll").await;
+    assert!(media.contains("#EXT-X-PART:") && media.contains("#EXT-X-PRELOAD-HINT"));
+    assert!(
+        !media.contains(&world.sim.addr().to_string()),
+        "parts and hints are relayed"
+    );
+    let info = hls_relay::playlist::inspect(media.as_bytes()).unwrap();
+    let (msn, part) = (
+        info.media_sequence + info.segment_count as u64,
+        info.trailing_parts,
+    );
+
+    let upstream_path = {
+        let master = world.sim.playlist_url("livestream", "ll").unwrap();
+        let master = url::Url::parse(&master).unwrap();
+        let first_variant = uri_lines(
+            &world
+                .http
+                .get(master.clone())
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        )[0]
+        .to_owned();
+        master.join(&first_variant).unwrap().path().to_owned()
+    };
+    let before = world.sim.blocking_requests(&upstream_path);
+    let blocked = format!("{media_path}?_HLS_msn={msn}&_HLS_part={part}");
+    let viewers = (0..500).map(|_| world.get(&blocked));
+    for response in join_all(viewers).await {
+        assert_eq!(response.status(), 200);
+        let playlist = response.text().await.unwrap();
+        let info = hls_relay::playlist::inspect(playlist.as_bytes()).unwrap();
+        let next = info.media_sequence + info.segment_count as u64;
+        assert!(
+            next > msn || info.trailing_parts as u64 > part as u64,
+            "the part is there"
+        );
+    }
+    assert_eq!(
+        world.sim.blocking_requests(&upstream_path) - before,
+        1,
+        "one blocking request upstream"
+    );
+}
