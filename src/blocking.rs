@@ -113,8 +113,19 @@ impl Directives {
 
 /// The media sequence number of the segment being produced: the one after the last complete segment.
 fn next_msn(info: &PlaylistInfo) -> u64 {
-    info.media_sequence + info.segment_count as u64
+    info.media_sequence
+        .saturating_add(info.segment_count as u64)
 }
+
+/// Target durations are whatever upstream wrote; bounded here so that a hostile value cannot overflow a clock.
+fn target(info: &PlaylistInfo) -> Duration {
+    info.target_duration
+        .unwrap_or(Duration::from_secs(2))
+        .min(MAX_TARGET_DURATION)
+}
+
+/// No real stream has segments longer than this.
+const MAX_TARGET_DURATION: Duration = Duration::from_secs(600);
 
 /// Whether `info` answers a request blocked on `directives`: it holds segment `msn` (complete), or part `part` of
 /// segment `msn` while that segment is still being produced. An ended playlist answers everything (§6.2.5.2).
@@ -137,20 +148,22 @@ pub fn satisfies(info: &PlaylistInfo, directives: &Directives) -> bool {
 /// Refuses at once what the playlist can never reach soon: more than two segments past its last (§6.2.5.2).
 pub fn check_reachable(info: &PlaylistInfo, directives: &Directives) -> Result<(), DirectiveError> {
     match directives.msn {
-        Some(msn) if !info.ended && msn > next_msn(info) + 1 => Err(DirectiveError::TooFarAhead),
+        Some(msn) if !info.ended && msn > next_msn(info).saturating_add(1) => {
+            Err(DirectiveError::TooFarAhead)
+        }
         _ => Ok(()),
     }
 }
 
 /// How long a blocking request may be held: about three target durations (§6.2.5.2).
 pub fn hold_limit(info: &PlaylistInfo) -> Duration {
-    info.target_duration.unwrap_or(Duration::from_secs(2)) * 3
+    target(info) * 3
 }
 
 /// Freshness of a blocking response: the URL names a version, so it may be cached for six target durations
 /// (RFC 8216bis appendix B.1).
 pub fn blocking_max_age(info: &PlaylistInfo) -> Duration {
-    info.target_duration.unwrap_or(Duration::from_secs(2)) * 6
+    target(info) * 6
 }
 
 /// How often the relay re-reads a playlist whose upstream cannot block: about half a part (or segment) duration.

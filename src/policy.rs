@@ -64,8 +64,12 @@ pub fn not_found_freshness(config: &CacheConfig) -> Freshness {
     seconds(config.not_found_ttl, false)
 }
 
+const MAX_FRESHNESS: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// `max-age` is whole seconds; a sub-second freshness rounds down to 0 ("revalidate"), never up.
 fn seconds(fresh_for: Duration, immutable: bool) -> Freshness {
+    // Upstream's target durations and part targets are untrusted: a year bounds any clock arithmetic on them.
+    let fresh_for = fresh_for.min(MAX_FRESHNESS);
     Freshness {
         fresh_for,
         max_age: fresh_for.as_secs(),

@@ -28,7 +28,8 @@ const SIGNATURE_BYTES: usize = 9;
 const SIGNATURE_CHARS: usize = 12;
 /// Longest location accepted; upstream URLs with long CDN signatures fit with room to spare.
 pub const MAX_LOCATION_LEN: usize = 3072;
-/// Stands for an empty upstream file name (a URL ending in `/`), which cannot be a path segment.
+/// Stands for a file name that cannot be a path segment (empty, or one the path filter refuses); the real name is
+/// then part of the location.
 const EMPTY_FILE: &str = "_";
 
 /// What an object is, decided by where the relay found its URI.
@@ -134,8 +135,12 @@ impl UrlSigner {
         if !matches!(upstream.scheme(), "http" | "https") {
             return None;
         }
-        let (location, file) = split_location(upstream);
-        let file = if file.is_empty() { EMPTY_FILE } else { file };
+        let (mut location, mut file) = split_location(upstream);
+        if !is_plain_file_name(file) {
+            // A name the relay's path filter would refuse (or the placeholder itself) travels inside the location.
+            location = upstream[..url::Position::AfterQuery].to_owned();
+            file = EMPTY_FILE;
+        }
         let signature = self
             .signature(call, kind, &location, file)
             .finalize()
@@ -174,7 +179,7 @@ impl UrlSigner {
         if location.is_empty() || location.len() > MAX_LOCATION_LEN || file.is_empty() {
             return Err(MapError::Malformed);
         }
-        if seal.len() != SIGNATURE_CHARS + 1 {
+        if seal.len() != SIGNATURE_CHARS + 1 || !seal.is_ascii() {
             return Err(MapError::Malformed);
         }
         let (signature, kind) = seal.split_at(SIGNATURE_CHARS);
@@ -193,6 +198,16 @@ impl UrlSigner {
         let url = join_location(&location, file).ok_or(MapError::Malformed)?;
         Ok(UpstreamObject { url, kind })
     }
+}
+
+/// Whether an upstream file name can stand as the last segment of a relay path: not empty, not the placeholder,
+/// and nothing the path filter refuses (encoded dots, slashes, backslashes, NULs).
+fn is_plain_file_name(file: &str) -> bool {
+    !file.is_empty()
+        && file != EMPTY_FILE
+        && file != "."
+        && file != ".."
+        && crate::server::check_path(file).is_ok()
 }
 
 /// Splits an upstream URL into its location (everything but the file name, query included) and file name.
@@ -340,6 +355,33 @@ mod tests {
         let long = "A".repeat(5000);
         assert_eq!(
             signer.verify(&call(), &long, seal, file),
+            Err(MapError::Malformed)
+        );
+    }
+
+    #[test]
+    fn awkward_file_names_round_trip_inside_the_location() {
+        let signer = UrlSigner::new(b"0123456789abcdef");
+        for url in [
+            "http://h/a%2Eb.ts",
+            "http://h/a%2Fb.ts?x=1",
+            "http://h/_",
+            "http://h/dir/",
+        ] {
+            let reference = from_entry(&signer, url, ObjectKind::Media);
+            let (location, seal, file) = parts(&reference);
+            assert!(crate::server::check_path(&reference).is_ok(), "{reference}");
+            assert_eq!(
+                signer
+                    .verify(&call(), location, seal, file)
+                    .unwrap()
+                    .url
+                    .as_str(),
+                url
+            );
+        }
+        assert_eq!(
+            signer.verify(&call(), "aHR0cHM6Ly9oLw", "aaaaaaaaaaa\u{e9}", "x.ts"),
             Err(MapError::Malformed)
         );
     }
