@@ -25,6 +25,7 @@ use crate::cache::{
 };
 use crate::call::CallId;
 use crate::config::Config;
+use crate::encoding::Variants;
 use crate::error::RelayError;
 use crate::live::{CallEvent, CallHub};
 use crate::playlist::{self, PlaylistInfo, PlaylistKind, UriSite};
@@ -259,6 +260,7 @@ impl Relay {
                             ..meta.info.clone()
                         },
                         uri_ends: meta.uri_ends.clone(),
+                        variants: Variants::default(),
                     })
                 });
                 ended
@@ -692,6 +694,7 @@ impl Relay {
                 ..info
             },
             uri_ends: rewritten.uri_ends,
+            variants: Variants::default(),
         }));
         Ok(object)
     }

@@ -22,6 +22,7 @@ use crate::blocking::Directives;
 use crate::cache::CachedObject;
 use crate::call::CallId;
 use crate::config::Config;
+use crate::encoding::{self, Coding};
 use crate::error::RelayError;
 use crate::listener::TlsConnection;
 use crate::live::CallEvent;
@@ -66,15 +67,20 @@ pub fn build_relay(config: Config) -> Result<Relay, Box<dyn std::error::Error + 
 
 pub fn router(relay: Relay) -> Router {
     let cors = cors_layer(&relay.config().cors.allowed_origins);
-    Router::new()
+    // JSON and the embed page are compressed per response; playlists carry their own compressed variants (made
+    // once per version, see `encoding`), and media is compressed already, so `/hls` skips the middleware.
+    let compressed = Router::new()
         .route("/v1/calls/{type}/{id}", get(call_state))
         .route("/v1/calls/{type}/{id}/events", get(call_events))
-        .route("/v1/webhooks/stream", post(stream_webhook))
-        .route("/hls/{*rest}", get(hls))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
         .merge(crate::embed::routes())
+        .layer(CompressionLayer::new().compress_when(compressible));
+    Router::new()
+        .route("/hls/{*rest}", get(hls))
+        .route("/v1/webhooks/stream", post(stream_webhook))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .merge(compressed)
         .fallback(|| async { RelayError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async {
             (
@@ -83,7 +89,6 @@ pub fn router(relay: Relay) -> Router {
                     "message": "only GET, HEAD and OPTIONS are served"}})),
             )
         })
-        .layer(CompressionLayer::new().compress_when(compressible))
         .layer(middleware::from_fn_with_state(relay.clone(), observe))
         .layer(middleware::from_fn(reject_hostile_paths))
         .layer(cors)
@@ -180,19 +185,14 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         .max_age(std::time::Duration::from_secs(86400))
 }
 
-/// Text is worth compressing (playlists, JSON, the embed page and hls.js); media is already compressed.
+/// Text is worth compressing (JSON, the embed page and hls.js); media is already compressed.
 fn compressible(
     status: StatusCode,
     _: Version,
     headers: &HeaderMap,
     _: &axum::http::Extensions,
 ) -> bool {
-    const TEXT: [&str; 4] = [
-        "application/vnd.apple.mpegurl",
-        "application/json",
-        "text/html",
-        "text/javascript",
-    ];
+    const TEXT: [&str; 3] = ["application/json", "text/html", "text/javascript"];
     status.is_success()
         && headers
             .get(header::CONTENT_TYPE)
@@ -532,12 +532,20 @@ async fn render(served: Served, request: &HeaderMap, token: Option<&str>) -> Res
             object,
             outcome,
             stale,
-        } => match (token, &object.playlist) {
-            (Some(token), Some(playlist)) => {
-                render_for_viewer(&object, &playlist.uri_ends, token, outcome)
+        } => {
+            // Playlists are text and worth compressing; media is compressed already. Ranges are cut from the
+            // identity bytes.
+            let coding = match object.playlist.is_some() && !request.contains_key(header::RANGE) {
+                true => encoding::preferred(request.get(header::ACCEPT_ENCODING)),
+                false => None,
+            };
+            match (token, &object.playlist) {
+                (Some(token), Some(playlist)) => {
+                    render_for_viewer(&object, &playlist.uri_ends, token, outcome, coding)
+                }
+                _ => render_whole(&object, outcome, stale, request, coding),
             }
-            _ => render_whole(&object, outcome, stale, request),
-        },
+        }
         Served::Streaming {
             head,
             fill,
@@ -546,7 +554,7 @@ async fn render(served: Served, request: &HeaderMap, token: Option<&str>) -> Res
             if request.contains_key(header::RANGE) {
                 // Ranges are cut from the whole object; the fill finishes at upstream speed.
                 return match fill.complete().await {
-                    Ok(object) => render_whole(&object, outcome, false, request),
+                    Ok(object) => render_whole(&object, outcome, false, request, None),
                     Err(error) => error.into_response(),
                 };
             }
@@ -568,14 +576,20 @@ async fn render(served: Served, request: &HeaderMap, token: Option<&str>) -> Res
     }
 }
 
-/// A playlist with the viewer's token carried into every URI the relay wrote: private to that viewer.
+/// A playlist with the viewer's token carried into every URI the relay wrote: private to that viewer, so compressed
+/// per request when the viewer accepts it.
 fn render_for_viewer(
     object: &CachedObject,
     uri_ends: &[usize],
     token: &str,
     outcome: CacheOutcome,
+    coding: Option<Coding>,
 ) -> Response {
     let body = playlist::with_query(&object.body, uri_ends, &format!("token={token}"));
+    let body = match coding {
+        Some(coding) => encoding::compress(coding, &body),
+        None => body.into(),
+    };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = object.status;
     let headers = response.headers_mut();
@@ -594,6 +608,10 @@ fn render_for_viewer(
         HeaderValue::from(object.age_secs(Instant::now())),
     );
     headers.insert(X_CACHE.clone(), x_cache(outcome, false));
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if let Some(coding) = coding {
+        headers.insert(header::CONTENT_ENCODING, coding.header_value());
+    }
     response
 }
 
@@ -611,15 +629,26 @@ fn render_whole(
     outcome: CacheOutcome,
     stale: bool,
     request: &HeaderMap,
+    coding: Option<Coding>,
 ) -> Response {
     let is_ok = object.status == StatusCode::OK;
+    let variant = match (is_ok, coding, &object.playlist) {
+        (true, Some(coding), Some(playlist)) => Some((
+            coding,
+            playlist.variants.get(coding, &object.body, &object.etag),
+        )),
+        _ => None,
+    };
+    let (mut body, etag) = match variant {
+        Some((_, variant)) => (variant.body.clone(), &variant.etag),
+        None => (object.body.clone(), &object.etag),
+    };
     let mut status = object.status;
-    let mut body = object.body.clone();
     let mut content_range = None;
-    if is_ok && etag_matches(request, &object.etag) {
+    if is_ok && etag_matches(request, etag) {
         status = StatusCode::NOT_MODIFIED;
         body = bytes::Bytes::new();
-    } else if let (true, Some(range)) = (is_ok, request.get(header::RANGE)) {
+    } else if let (true, None, Some(range)) = (is_ok, variant, request.get(header::RANGE)) {
         match byte_range(range.to_str().unwrap_or(""), object.body.len() as u64) {
             ByteRange::Whole => {}
             ByteRange::Part { first, last } => {
@@ -647,7 +676,7 @@ fn render_whole(
     headers.insert(header::CONTENT_TYPE, object.content_type.clone());
     headers.insert(header::CACHE_CONTROL, object.cache_control.clone());
     if is_ok {
-        headers.insert(header::ETAG, object.etag.clone());
+        headers.insert(header::ETAG, etag.clone());
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     headers.insert(
@@ -660,6 +689,12 @@ fn render_whole(
             header::CONTENT_RANGE,
             HeaderValue::try_from(range).expect("ASCII"),
         );
+    }
+    if object.playlist.is_some() {
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if let Some((coding, _)) = variant {
+        headers.insert(header::CONTENT_ENCODING, coding.header_value());
     }
     response
 }
