@@ -275,6 +275,11 @@ impl Relay {
         }
     }
 
+    /// The object cached at `path`, if it is fresh: most requests, answered without starting anything.
+    pub fn fresh(&self, path: &str) -> Option<Served> {
+        self.inner.cache.fresh(path).map(|object| self.hit(object))
+    }
+
     /// The call's entry playlist, served at the stable `/hls/{type}/{id}/index.m3u8` (`path`).
     pub async fn entry_playlist(&self, call: &CallId, path: &str) -> Result<Served, RelayError> {
         let (fill, writer, stale) = match self.inner.cache.lookup(path) {

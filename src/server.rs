@@ -16,6 +16,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use axum::routing::{get, post};
+use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Either};
 use tokio::net::TcpListener;
 use tower::Layer;
@@ -343,20 +344,28 @@ where
     Served: Future<Output = Response>,
 {
     let route = route_label(request.uri().path());
+    let count = |status: StatusCode| {
+        relay
+            .metrics()
+            .requests
+            .with_label_values(&[route, status.as_str()])
+            .inc()
+    };
     let span = tracing::debug_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
         route,
     );
+    if span.is_disabled() {
+        let response = serve(request).await;
+        count(response.status());
+        return response;
+    }
     let started = Instant::now();
     let response = serve(request).instrument(span.clone()).await;
     let status = response.status();
-    relay
-        .metrics()
-        .requests
-        .with_label_values(&[route, status.as_str()])
-        .inc();
+    count(status);
     span.in_scope(|| {
         tracing::debug!(
             status = status.as_u16(),
@@ -608,6 +617,12 @@ async fn hls(relay: &Relay, request: Request) -> Result<Response, RelayError> {
     let (kind, id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let call = CallId::new(kind, id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
     let token = relay.gate().admit(&call, query_value(query, "token"))?;
+    // Most requests are fresh cache hits: answered here, without the miss path (boxed below, so that its large
+    // future is neither built nor moved for a hit).
+    let blocking = query.is_some_and(|query| query.contains("_HLS_"));
+    if let Some(served) = relay.fresh(path).filter(|_| !blocking) {
+        return Ok(render(served, headers, token).await);
+    }
     let work = async {
         match (parts.next(), parts.next(), parts.next()) {
             (Some(ENTRY_PLAYLIST), None, None) => relay.entry_playlist(&call, path).await,
@@ -626,6 +641,7 @@ async fn hls(relay: &Relay, request: Request) -> Result<Response, RelayError> {
         }
     };
     let served = tokio::time::timeout(relay.config().server.request_timeout, work)
+        .boxed()
         .await
         .map_err(|_| RelayError::UpstreamTimeout("no response from upstream in time".into()))??;
     Ok(render(served, headers, token).await)
