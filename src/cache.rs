@@ -334,7 +334,10 @@ impl Cache {
     /// The object at `key` if it is fresh.
     pub fn fresh(&self, key: &str) -> Option<Arc<CachedObject>> {
         let now = Instant::now();
-        self.inner.store.get(key).filter(|object| object.is_fresh(now))
+        self.inner
+            .store
+            .get(key)
+            .filter(|object| object.is_fresh(now))
     }
 
     /// Finds `key` fresh, or joins its fill, or starts one (then the caller gets the writer and must drive it).
