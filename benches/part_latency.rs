@@ -23,9 +23,10 @@
 //!
 //! Knobs (environment): `PART_LATENCY_PARTS` (measured parts per phase, 120 = 60 s), `PART_LATENCY_WARMUP`
 //! (parts dropped at the start of a phase, 6), `PART_LATENCY_VIEWERS` (viewers per target, one phase each, "1,100"),
-//! `PART_LATENCY_TARGETS` ("origin,relay,nginx"), `PART_LATENCY_GZIP` (1: send `Accept-Encoding: gzip` as browser
-//! players do; 0: don't), `PART_LATENCY_NGINX` (the nginx binary, `/usr/sbin/nginx`), `PART_LATENCY_SAMPLES` (a
-//! file to write every sample to, TSV).
+//! `PART_LATENCY_TARGETS` ("origin,relay,nginx"), `PART_LATENCY_SEPARATE` (1: one phase per target instead of all
+//! targets over the same parts), `PART_LATENCY_GZIP` (1: send `Accept-Encoding: gzip` as browser players do; 0:
+//! don't), `PART_LATENCY_NICE` (e.g. -10 on a shared machine, see `prioritise`), `PART_LATENCY_NGINX` (the nginx
+//! binary, `/usr/sbin/nginx`), `PART_LATENCY_SAMPLES` (a file to write every sample to, TSV).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -53,10 +54,15 @@ const STARTUP_PATIENCE: Duration = Duration::from_secs(15);
 
 fn main() -> ExitCode {
     let settings = Settings::from_env();
+    if let Some(nice) = settings.nice {
+        prioritise(nice);
+    }
     // The simulator gets a runtime of its own so that the bursts of responses the viewers read at each publication
     // do not delay the origin's own timeline (and the other way round). Both share the machine's two cores with
     // the relay and nginx, as they would share a host.
-    let sim_runtime = runtime("sim");
+    let sim_runtime = runtime("sim", 2);
+    // The reference viewer too: alone on its thread, it is not queued behind the crowds' responses.
+    let reference_runtime = runtime("reference", 1);
     let sim = match sim_runtime.block_on(start_simulator()) {
         Ok(sim) => sim,
         Err(error) => {
@@ -64,7 +70,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime("viewers").block_on(run(&settings, &sim));
+    let result = runtime("viewers", 2).block_on(run(&settings, &sim, reference_runtime.handle()));
     sim.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,9 +81,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime(name: &str) -> tokio::runtime::Runtime {
+/// On a shared machine: gives this process (and so the runtimes' threads and the servers it starts, which inherit
+/// it) the nice value `nice`, and its session's autogroup too. With autogroup scheduling the kernel shares CPU
+/// between sessions before nice values count inside one, so a build in another session would otherwise get as much
+/// CPU as the whole benchmark. Lowering either needs root; failures are reported and the run goes on.
+fn prioritise(nice: i32) {
+    let pid = std::process::id().to_string();
+    let reniced = Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p", &pid])
+        .stdout(Stdio::null())
+        .status();
+    if !reniced.is_ok_and(|status| status.success()) {
+        eprintln!("part_latency: renice {nice} failed, running at the default priority");
+    }
+    if let Err(error) = std::fs::write("/proc/self/autogroup", nice.to_string()) {
+        eprintln!("part_latency: cannot set the autogroup's nice value: {error}");
+    }
+}
+
+fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .thread_name(name)
         .enable_all()
         .build()
@@ -91,6 +115,8 @@ struct Settings {
     viewers: Vec<usize>,
     targets: Vec<String>,
     gzip: bool,
+    separate: bool,
+    nice: Option<i32>,
     nginx: PathBuf,
     samples_file: Option<PathBuf>,
 }
@@ -113,6 +139,10 @@ impl Settings {
                 .collect(),
             targets: list("PART_LATENCY_TARGETS", "origin,relay,nginx"),
             gzip: env_or("PART_LATENCY_GZIP", 1u8) != 0,
+            separate: env_or("PART_LATENCY_SEPARATE", 0u8) != 0,
+            nice: std::env::var("PART_LATENCY_NICE")
+                .ok()
+                .map(|n| n.parse().expect("PART_LATENCY_NICE: a number")),
             nginx: env_or("PART_LATENCY_NGINX", PathBuf::from("/usr/sbin/nginx")),
             samples_file: std::env::var_os("PART_LATENCY_SAMPLES").map(PathBuf::from),
         }
@@ -143,39 +173,26 @@ async fn start_simulator() -> std::io::Result<SimHandle> {
     Ok(sim)
 }
 
-async fn run(settings: &Settings, sim: &SimHandle) -> Result<(), String> {
+async fn run(
+    settings: &Settings,
+    sim: &SimHandle,
+    reference_runtime: &tokio::runtime::Handle,
+) -> Result<(), String> {
     let work_dir = work_dir()?;
     let origin_master = sim
         .playlist_url(CALL_TYPE, CALL_ID)
         .ok_or("the simulated call has no playlist URL")?;
     let origin_master = Url::parse(&origin_master).map_err(|e| e.to_string())?;
-
-    // Servers are stopped when these are dropped, whatever happens below.
-    let mut servers = Vec::new();
-    let mut targets = Vec::new();
-    let reference = Target::new("reference", &origin_master, settings.gzip).await?;
-    if settings.wants("origin") {
-        targets.push(Target::new("origin", &origin_master, settings.gzip).await?);
-    }
-    if settings.wants("relay") {
-        let (process, entry) = start_relay(sim, work_dir.path()).await?;
-        servers.push(process);
-        targets.push(Target::new("relay", &entry, settings.gzip).await?);
-    }
-    if settings.wants("nginx") {
-        if settings.nginx.exists() {
-            let (process, master) =
-                start_nginx(&settings.nginx, work_dir.path(), &origin_master).await?;
-            servers.push(process);
-            targets.push(Target::new("nginx", &master, settings.gzip).await?);
-        } else {
-            println!(
-                "nginx: {} not found, the nginx target is skipped (PART_LATENCY_NGINX names another binary)",
-                settings.nginx.display()
-            );
-        }
-    }
-
+    let reference = {
+        let (master, gzip) = (origin_master.clone(), settings.gzip);
+        // Made on its runtime, so that its connections are too.
+        reference_runtime
+            .spawn(async move { Target::new("reference", &master, gzip).await })
+            .await
+            .map_err(|e| e.to_string())??
+    };
+    // The servers are stopped when `servers` is dropped, whatever happens below.
+    let (servers, targets) = start_targets(settings, sim, &origin_master, work_dir.path()).await?;
     let (text, _) = get_text(&reference.http, &reference.media_playlist).await?;
     let timeline = Timeline::read(&text).ok_or("no PROGRAM-DATE-TIME in the origin's playlist")?;
     println!(
@@ -187,37 +204,90 @@ async fn run(settings: &Settings, sim: &SimHandle) -> Result<(), String> {
         targets.iter().map(|t| t.name).collect::<Vec<_>>(),
         settings.gzip,
     );
+    let reference = (&reference, reference_runtime);
+    let rows = measure(settings, reference, &targets, &servers, &timeline).await?;
+    println!("\nall phases (ms):\n{}", table(&rows));
+    for server in &servers {
+        server.print_log_tail();
+    }
+    Ok(())
+}
 
-    let mut rows = Vec::new();
+/// Starts the servers the settings ask for and follows each target's entry URL to its media playlist.
+async fn start_targets(
+    settings: &Settings,
+    sim: &SimHandle,
+    origin_master: &Url,
+    work_dir: &Path,
+) -> Result<(Vec<Process>, Vec<Arc<Target>>), String> {
+    let (mut servers, mut targets) = (Vec::new(), Vec::new());
+    if settings.wants("origin") {
+        targets.push(Target::new("origin", origin_master, settings.gzip).await?);
+    }
+    if settings.wants("relay") {
+        let (process, entry) = start_relay(sim, work_dir).await?;
+        servers.push(process);
+        targets.push(Target::new("relay", &entry, settings.gzip).await?);
+    }
+    if settings.wants("nginx") && !settings.nginx.exists() {
+        println!(
+            "nginx: {} not found, the nginx target is skipped (PART_LATENCY_NGINX names another binary)",
+            settings.nginx.display()
+        );
+    } else if settings.wants("nginx") {
+        let (process, master) = start_nginx(&settings.nginx, work_dir, origin_master).await?;
+        servers.push(process);
+        targets.push(Target::new("nginx", &master, settings.gzip).await?);
+    }
+    Ok((servers, targets))
+}
+
+/// Runs the phases (each viewer count; all targets together, or each alone) and prints each one's figures.
+async fn measure(
+    settings: &Settings,
+    reference: (&Arc<Target>, &tokio::runtime::Handle),
+    targets: &[Arc<Target>],
+    servers: &[Process],
+    timeline: &Timeline,
+) -> Result<Vec<Row>, String> {
     let mut samples_out = match &settings.samples_file {
         Some(path) => {
             Some(SamplesFile::create(path).map_err(|e| format!("{}: {e}", path.display()))?)
         }
         None => None,
     };
+    // Together: every target over the same parts, as the viewers of each would be on one host. Separately: one
+    // target at a time (with the reference viewer), so that no target's burst of responses delays another's.
+    let groups: Vec<&[Arc<Target>]> = match settings.separate {
+        true => targets.chunks(1).collect(),
+        false => vec![targets],
+    };
+    let mut rows = Vec::new();
     for &viewers in &settings.viewers {
-        let span = Span::after(timeline.next_unpublished(), settings.warmup, settings.parts);
-        println!(
-            "\nphase: {viewers} viewer(s) per target, parts {}..{} ({:.0} s)",
-            span.first.0,
-            span.end.0,
-            span.duration(settings.warmup).as_secs_f64()
-        );
-        let phase = run_phase(&reference, &targets, viewers, span, settings.warmup).await;
-        if let Some(file) = samples_out.as_mut() {
-            file.write_phase(&phase, &timeline, viewers, span)
-                .map_err(|e| format!("writing samples: {e}"))?;
+        for &group in &groups {
+            let span = Span::after(timeline.next_unpublished(), settings.warmup, settings.parts);
+            println!(
+                "\nphase: {viewers} viewer(s) per target on {:?}, parts {}..{} ({:.0} s)",
+                group.iter().map(|t| t.name).collect::<Vec<_>>(),
+                span.first.0,
+                span.end.0,
+                span.duration().as_secs_f64()
+            );
+            let cpu_before = CpuUse::now(servers);
+            let phase = run_phase(reference, group, viewers, span).await;
+            let cpu = CpuUse::now(servers).since(&cpu_before);
+            if let Some(file) = samples_out.as_mut() {
+                file.write_phase(&phase, timeline, viewers, span)
+                    .map_err(|e| format!("writing samples: {e}"))?;
+            }
+            let phase_rows = phase.rows(timeline, viewers, span);
+            print!("{}", table(&phase_rows));
+            println!("{}", cpu.per_part(span.duration()));
+            print_errors(&phase);
+            rows.extend(phase_rows);
         }
-        let phase_rows = phase.rows(&timeline, viewers, span);
-        print!("{}", table(&phase_rows));
-        print_errors(&phase);
-        rows.extend(phase_rows);
     }
-    println!("\nall phases (ms):\n{}", table(&rows));
-    for server in &servers {
-        server.print_log_tail();
-    }
-    Ok(())
+    Ok(rows)
 }
 
 /// Scratch space for the servers' configs, logs and nginx's cache: on tmpfs when there is one, as a cache in front
@@ -354,10 +424,11 @@ impl Timeline {
     }
 }
 
-/// The parts a phase measures, `first..end`; its viewers start `warmup` parts before `first`, and those parts are
-/// dropped (connections being opened, caches filling, viewers falling into step).
+/// The parts a phase measures, `first..end`. Its viewers start at `start`, some parts before `first`, and those
+/// parts are dropped: connections being opened, caches filling, viewers falling into step.
 #[derive(Clone, Copy)]
 struct Span {
+    start: Part,
     first: Part,
     end: Part,
 }
@@ -366,6 +437,7 @@ impl Span {
     fn after(now: Part, warmup: u64, parts: u64) -> Span {
         let first = Part(now.0 + warmup);
         Span {
+            start: now,
             first,
             end: Part(first.0 + parts),
         }
@@ -375,8 +447,9 @@ impl Span {
         (self.first..self.end).contains(&part)
     }
 
-    fn duration(&self, warmup: u64) -> Duration {
-        sim::PART_INTERVAL * (self.end.0 - self.first.0 + warmup) as u32
+    /// From the start of the warm-up to the end.
+    fn duration(&self) -> Duration {
+        sim::PART_INTERVAL * (self.end.0 - self.start.0) as u32
     }
 }
 
@@ -616,29 +689,26 @@ struct PhaseLogs {
 
 /// Runs `viewers` viewers per target and the reference viewer over `span`, all at once.
 async fn run_phase(
-    reference: &Arc<Target>,
+    (reference, reference_runtime): (&Arc<Target>, &tokio::runtime::Handle),
     targets: &[Arc<Target>],
     viewers: usize,
     span: Span,
-    warmup: u64,
 ) -> PhaseLogs {
-    let give_up = Instant::now() + span.duration(warmup) + Duration::from_secs(30);
-    let watch = |target: &Arc<Target>| {
+    let give_up = Instant::now() + span.duration() + Duration::from_secs(30);
+    let viewer = |target: &Arc<Target>| {
         let viewer = Viewer {
             target: target.clone(),
             end: span.end,
             log: ViewerLog::default(),
         };
-        tokio::spawn(viewer.run(give_up))
+        viewer.run(give_up)
     };
-    let reference_viewer = watch(reference);
+    let reference_viewer = reference_runtime.spawn(viewer(reference));
     let crowds: Vec<_> = targets
         .iter()
         .map(|target| {
-            (
-                target.name,
-                (0..viewers).map(|_| watch(target)).collect::<Vec<_>>(),
-            )
+            let crowd: Vec<_> = (0..viewers).map(|_| tokio::spawn(viewer(target))).collect();
+            (target.name, crowd)
         })
         .collect();
     let mut logs = PhaseLogs {
@@ -831,7 +901,7 @@ fn print_errors(phase: &PhaseLogs) {
     }
 }
 
-/// Every sample of every phase, for looking at distributions by hand.
+/// Every sample of every phase, for looking at distributions by hand (a phase is named by its first part).
 struct SamplesFile(File);
 
 impl SamplesFile {
@@ -839,7 +909,7 @@ impl SamplesFile {
         let mut file = File::create(path)?;
         writeln!(
             file,
-            "viewers\ttarget\tviewer\tmsn\tpart\tplaylist_since_publication_ms\tpart_since_publication_ms"
+            "first_part\tviewers\ttarget\tviewer\tmsn\tpart\tplaylist_since_publication_ms\tpart_since_publication_ms"
         )?;
         Ok(SamplesFile(file))
     }
@@ -866,7 +936,8 @@ impl SamplesFile {
                 for s in log.samples.iter().filter(|s| span.contains(s.part)) {
                     writeln!(
                         self.0,
-                        "{viewers}\t{name}\t{index}\t{}\t{}\t{}\t{}",
+                        "{}\t{viewers}\t{name}\t{index}\t{}\t{}\t{}\t{}",
+                        span.first.0,
                         s.part.msn(),
                         s.part.index(),
                         ms(s.part, s.playlist),
@@ -877,6 +948,141 @@ impl SamplesFile {
         }
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// CPU
+
+/// CPU time used so far, by part of the benchmark, from /proc (Linux): where each part's time goes, and how much
+/// the rest of the machine (builds on a shared box) took meanwhile.
+struct CpuUse {
+    /// (what, CPU time): this process's threads by runtime (viewers, reference, sim), then each server.
+    parts: Vec<(String, Duration)>,
+    /// Every CPU's busy time (user, nice, system, irq, softirq, steal).
+    machine: Duration,
+}
+
+impl CpuUse {
+    fn now(servers: &[Process]) -> CpuUse {
+        let threads = |prefix: &str| -> Duration {
+            let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+                return Duration::ZERO;
+            };
+            tasks
+                .flatten()
+                .filter_map(|task| proc_stat(&task.path().join("stat")))
+                .filter(|stat| stat.name.starts_with(prefix))
+                .map(|stat| stat.cpu)
+                .sum()
+        };
+        let mut parts = vec![
+            ("viewers".to_owned(), threads("viewers")),
+            ("reference".to_owned(), threads("reference")),
+            ("sim".to_owned(), threads("sim")),
+        ];
+        for server in servers {
+            parts.push((server.name.to_owned(), process_tree_cpu(server.child.id())));
+        }
+        CpuUse {
+            parts,
+            machine: machine_busy(),
+        }
+    }
+
+    fn since(&self, before: &CpuUse) -> CpuUse {
+        CpuUse {
+            parts: self
+                .parts
+                .iter()
+                .zip(&before.parts)
+                .map(|((name, after), (_, before))| (name.clone(), after.saturating_sub(*before)))
+                .collect(),
+            machine: self.machine.saturating_sub(before.machine),
+        }
+    }
+
+    /// "CPU per part: viewers 3.1 ms, …; other processes 40 % of a core", for a phase of `elapsed`.
+    fn per_part(&self, elapsed: Duration) -> String {
+        let parts = elapsed.as_secs_f64() / sim::PART_INTERVAL.as_secs_f64();
+        let mut text = String::from("CPU per part:");
+        for (name, cpu) in &self.parts {
+            let _ = write!(text, " {name} {:.1} ms,", cpu.as_secs_f64() * 1e3 / parts);
+        }
+        let ours: Duration = self.parts.iter().map(|(_, cpu)| *cpu).sum();
+        let others = self.machine.saturating_sub(ours).as_secs_f64() / elapsed.as_secs_f64();
+        let _ = write!(text, " other processes {:.0} % of a core", others * 100.0);
+        text
+    }
+}
+
+struct ProcStat {
+    name: String,
+    parent: u32,
+    cpu: Duration,
+}
+
+/// A process's or thread's `stat`: name, parent and user + system time.
+fn proc_stat(path: &Path) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // "pid (name) state ppid … utime stime …": the name may hold spaces and parentheses, so split at the last ')'.
+    let (head, rest) = text.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // Fields 4, 14 and 15 of stat(5); `fields` starts at field 3 (state).
+    let cpu = ticks(11)? + ticks(12)?;
+    Some(ProcStat {
+        name,
+        parent: fields.get(1)?.parse().ok()?,
+        cpu: ticks_to_duration(cpu),
+    })
+}
+
+/// CPU time of a process and its children (nginx's master and workers).
+fn process_tree_cpu(pid: u32) -> Duration {
+    let own =
+        proc_stat(&PathBuf::from(format!("/proc/{pid}/stat"))).map_or(Duration::ZERO, |s| s.cpu);
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return own;
+    };
+    let children: Duration = processes
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|entry| proc_stat(&entry.path().join("stat")))
+        .filter(|stat| stat.parent == pid)
+        .map(|stat| stat.cpu)
+        .sum();
+    own + children
+}
+
+/// Busy time of all CPUs, from the first line of /proc/stat.
+fn machine_busy() -> Duration {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: everything but idle and iowait.
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    ticks_to_duration(busy)
+}
+
+/// /proc counts CPU time in clock ticks: `USER_HZ`, 100 on Linux whatever the kernel's own tick rate.
+fn ticks_to_duration(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 10)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
