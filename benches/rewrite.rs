@@ -7,7 +7,10 @@ use std::hint::black_box;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hls_relay::call::CallId;
 use hls_relay::playlist::{UriSite, inspect, rewrite};
+use hls_relay::urlmap::{PlaylistLocation, PlaylistMapper, UrlSigner};
+use url::Url;
 
 const MEDIA_LINES: usize = 1_000;
 
@@ -105,8 +108,30 @@ fn benches(c: &mut Criterion) {
     let master = master_playlist();
     assert_eq!(media.lines().count(), MEDIA_LINES);
 
+    // The relay's own mapping, as it runs on each new upstream version of a rendition's playlist: resolve against
+    // the playlist's URL, sign, encode, write relative to where the relay serves the playlist.
+    let signer = UrlSigner::new(b"bench-url-key-0123456789");
+    let call = CallId::new("livestream", "bench").unwrap();
+    let base = Url::parse(
+        "https://hls.stream-io-cdn.com/livestream/bench/1080p/index.m3u8?token=eyJhbGciOiJIUzI1NiJ9.e30&exp=1714567890",
+    )
+    .unwrap();
+    let served_at = "aHR0cHM6Ly9obHMuc3RyZWFtLWlvLWNkbi5jb20vbGl2ZXN0cmVhbS9iZW5jaC8xMDgwcC8_dG9rZW49ZXlKaGJHY2lPaUpJVXpJMU5pSjkuZTMwJmV4cD0xNzE0NTY3ODkw";
+    let from = PlaylistLocation::Object {
+        location: served_at,
+    };
+
     let mut group = c.benchmark_group("media_1000_lines");
     group.throughput(Throughput::Bytes(media.len() as u64));
+    group.bench_function("rewrite_real_mapping", |b| {
+        b.iter(|| {
+            let mut mapper = PlaylistMapper::new(&signer, &call, &base, from);
+            rewrite(black_box(media.as_bytes()), |site, uri| {
+                mapper.map(site, uri)
+            })
+            .unwrap()
+        })
+    });
     group.bench_function("rewrite_relay_uri", |b| {
         b.iter(|| rewrite(black_box(media.as_bytes()), relay_uri).unwrap())
     });

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::watch;
 
+use crate::encoding::Variants;
 use crate::error::RelayError;
 use crate::playlist::PlaylistInfo;
 
@@ -39,12 +40,13 @@ pub struct CachedObject {
     pub playlist: Option<Arc<PlaylistMeta>>,
 }
 
-/// A relayed playlist's semantics (for LL-HLS blocking requests) and where its rewritten URIs end (to carry a
-/// viewer's token into them).
+/// A relayed playlist's semantics (for LL-HLS blocking requests), where its rewritten URIs end (to carry a
+/// viewer's token into them) and its compressed variants (made once, served to every viewer).
 #[derive(Debug)]
 pub struct PlaylistMeta {
     pub info: PlaylistInfo,
     pub uri_ends: Vec<usize>,
+    pub variants: Variants,
 }
 
 impl CachedObject {
@@ -327,6 +329,15 @@ impl Cache {
             .inflight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The object at `key` if it is fresh.
+    pub fn fresh(&self, key: &str) -> Option<Arc<CachedObject>> {
+        let now = Instant::now();
+        self.inner
+            .store
+            .get(key)
+            .filter(|object| object.is_fresh(now))
     }
 
     /// Finds `key` fresh, or joins its fill, or starts one (then the caller gets the writer and must drive it).

@@ -30,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod embed;
+pub mod encoding;
 pub mod error;
 pub mod listener;
 pub mod live;

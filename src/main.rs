@@ -101,7 +101,7 @@ async fn serve(
     let http = hls_relay::listener::Server::new(config.listener())?;
     let relay = server::build_relay(config)?;
     tracing::info!(addr = %listener.local_addr()?, tls = http.tls().is_some(), "hls-relay listening");
-    http.serve(listener, server::router(relay), server::shutdown_signal())
+    http.serve(listener, server::app(relay), server::shutdown_signal())
         .await?;
     Ok(())
 }

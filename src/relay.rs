@@ -25,14 +25,17 @@ use crate::cache::{
 };
 use crate::call::CallId;
 use crate::config::Config;
+use crate::encoding::Variants;
 use crate::error::RelayError;
 use crate::live::{CallEvent, CallHub};
-use crate::playlist::{self, PlaylistInfo, PlaylistKind, UriSite};
+use crate::playlist::{self, PlaylistInfo, PlaylistKind};
 use crate::policy::{self, Freshness, PLAYLIST_CONTENT_TYPE};
 use crate::resolver::{Applied, Resolution, Resolver};
 use crate::telemetry::{CacheOutcome, Metrics};
 use crate::upstream::{HostPolicy, Upstream, UpstreamError, UpstreamResponse};
-use crate::urlmap::{ENTRY_PLAYLIST, MapError, ObjectKind, PlaylistLocation, UrlSigner};
+use crate::urlmap::{
+    ENTRY_PLAYLIST, MapError, ObjectKind, PlaylistLocation, PlaylistMapper, UrlSigner,
+};
 use crate::webhook;
 
 /// How long an expired playlist is kept to answer with when its refresh fails (marked stale).
@@ -259,6 +262,7 @@ impl Relay {
                             ..meta.info.clone()
                         },
                         uri_ends: meta.uri_ends.clone(),
+                        variants: Variants::default(),
                     })
                 });
                 ended
@@ -271,6 +275,11 @@ impl Relay {
             cid: call.to_string(),
             retry_after: self.inner.resolver.ttl(),
         }
+    }
+
+    /// The object cached at `path`, if it is fresh: most requests, answered without starting anything.
+    pub fn fresh(&self, path: &str) -> Option<Served> {
+        self.inner.cache.fresh(path).map(|object| self.hit(object))
     }
 
     /// The call's entry playlist, served at the stable `/hls/{type}/{id}/index.m3u8` (`path`).
@@ -663,12 +672,14 @@ impl Relay {
         let body = response.bytes(max).await?;
         let info =
             playlist::inspect(&body).map_err(|e| RelayError::BadUpstreamPlaylist(e.to_string()))?;
-        let signer = &self.inner.signer;
-        let rewritten = playlist::rewrite_marked(&body, |site, uri| {
-            let url = base.join(uri).ok()?;
-            signer.relay_ref(target.call, &url, kind_at(site), target.playlist_location())
-        })
-        .map_err(|e| RelayError::BadUpstreamPlaylist(e.to_string()))?;
+        let mut mapper = PlaylistMapper::new(
+            &self.inner.signer,
+            target.call,
+            &base,
+            target.playlist_location(),
+        );
+        let rewritten = playlist::rewrite_marked(&body, |site, uri| mapper.map(site, uri))
+            .map_err(|e| RelayError::BadUpstreamPlaylist(e.to_string()))?;
         let end_it = target.ended && info.kind == PlaylistKind::Media && !info.ended;
         let (body, freshness) = if end_it {
             let freshness = policy::ended_playlist_freshness(&self.inner.config.cache);
@@ -692,6 +703,7 @@ impl Relay {
                 ..info
             },
             uri_ends: rewritten.uri_ends,
+            variants: Variants::default(),
         }));
         Ok(object)
     }
@@ -826,19 +838,6 @@ impl Target<'_> {
     }
 }
 
-/// Whether the URI at `site` names a playlist (fetched whole and rewritten) or media (streamed untouched).
-fn kind_at(site: UriSite) -> ObjectKind {
-    match site {
-        UriSite::VariantLine => ObjectKind::Playlist,
-        UriSite::SegmentLine => ObjectKind::Media,
-        UriSite::Attribute { tag, attribute } => match (tag, attribute) {
-            ("EXT-X-MEDIA" | "EXT-X-I-FRAME-STREAM-INF" | "EXT-X-RENDITION-REPORT", _)
-            | ("EXT-X-DATERANGE", "X-ASSET-URI") => ObjectKind::Playlist,
-            _ => ObjectKind::Media,
-        },
-    }
-}
-
 fn stored(
     status: StatusCode,
     body: Bytes,
@@ -870,22 +869,6 @@ fn redacted(url: &Url) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn renditions_are_playlists_and_everything_else_is_media() {
-        assert_eq!(kind_at(UriSite::VariantLine), ObjectKind::Playlist);
-        assert_eq!(kind_at(UriSite::SegmentLine), ObjectKind::Media);
-        let media = UriSite::Attribute {
-            tag: "EXT-X-MEDIA",
-            attribute: "URI",
-        };
-        assert_eq!(kind_at(media), ObjectKind::Playlist);
-        let map = UriSite::Attribute {
-            tag: "EXT-X-MAP",
-            attribute: "URI",
-        };
-        assert_eq!(kind_at(map), ObjectKind::Media);
-    }
 
     #[test]
     fn logs_never_carry_upstream_query_strings() {

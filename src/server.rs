@@ -1,27 +1,34 @@
 //! The HTTP shell: routes, the viewer-facing headers (CORS, caching, validators, ranges, compression), and the
 //! listener with graceful shutdown.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use axum::routing::{get, post};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Either};
 use tokio::net::TcpListener;
+use tower::Layer;
 use tower_http::compression::CompressionLayer;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 use tracing::Instrument;
 
 use crate::blocking::Directives;
 use crate::cache::CachedObject;
 use crate::call::CallId;
 use crate::config::Config;
+use crate::encoding::{self, Coding};
 use crate::error::RelayError;
 use crate::listener::TlsConnection;
 use crate::live::CallEvent;
@@ -64,26 +71,123 @@ pub fn build_relay(config: Config) -> Result<Relay, Box<dyn std::error::Error + 
     Ok(Relay::new(config, resolver, upstream, signer, metrics))
 }
 
-pub fn router(relay: Relay) -> Router {
+/// The service every connection calls. Relay objects (`/hls/…`), nearly all of a relay's traffic, take a direct
+/// path — the hostile-path filter, metrics, CORS and the handler, as plain calls — because axum's routing and
+/// boxed `from_fn` layers cost about a fifth of the CPU of a cached playlist hit (perf, `benches/load`).
+/// Everything else goes through the router.
+#[derive(Clone)]
+pub struct App {
+    objects: Cors<HlsObjects>,
+    router: Router,
+}
+
+/// The relay's HTTP face, as a router for the listener: all of it is [`App`] (the router only hands over).
+pub fn app(relay: Relay) -> Router {
+    let app = App {
+        objects: cors_layer(&relay.config().cors.allowed_origins).layer(HlsObjects {
+            relay: relay.clone(),
+        }),
+        router: router(relay),
+    };
+    Router::new().fallback_service(app)
+}
+
+impl tower::Service<Request> for App {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<
+        tower_http::cors::ResponseFuture<BoxFuture<'static, Result<Response, Infallible>>>,
+        RouteFuture<Infallible>,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if request.uri().path().starts_with("/hls/") {
+            Either::Left(self.objects.call(request))
+        } else {
+            Either::Right(self.router.call(request))
+        }
+    }
+}
+
+/// `/hls/…`: the viewer URLs of calls and everything the relay wrote into their playlists.
+#[derive(Clone)]
+struct HlsObjects {
+    relay: Relay,
+}
+
+impl tower::Service<Request> for HlsObjects {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let relay = self.relay.clone();
+        Box::pin(async move {
+            let serve = |request: Request| async {
+                if let Err(reason) = check_path(request.uri().path()) {
+                    return RelayError::BadRequest(reason.into()).into_response();
+                }
+                let method = request.method().clone();
+                if method != Method::GET && method != Method::HEAD {
+                    return method_not_allowed().into_response();
+                }
+                let response = hls(&relay, request).await.into_response();
+                match method {
+                    Method::HEAD => without_body(response),
+                    _ => response,
+                }
+            };
+            Ok(observed(&relay, request, serve).await)
+        })
+    }
+}
+
+/// A HEAD response: the GET one's headers, with the length it would have had, and no body.
+fn without_body(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    if let Some(length) = body.size_hint().exact() {
+        parts
+            .headers
+            .entry(header::CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(length));
+    }
+    Response::from_parts(parts, Body::empty())
+}
+
+fn method_not_allowed() -> impl IntoResponse {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(serde_json::json!({"error": {"code": "method_not_allowed",
+            "message": "only GET, HEAD and OPTIONS are served"}})),
+    )
+}
+
+/// Everything but `/hls/…`.
+fn router(relay: Relay) -> Router {
     let cors = cors_layer(&relay.config().cors.allowed_origins);
-    Router::new()
+    // JSON and the embed page are compressed per response; playlists carry their own compressed variants (made
+    // once per version, see `encoding`), and media is compressed already.
+    let compressed = Router::new()
         .route("/v1/calls/{type}/{id}", get(call_state))
         .route("/v1/calls/{type}/{id}/events", get(call_events))
-        .route("/v1/webhooks/stream", post(stream_webhook))
-        .route("/hls/{*rest}", get(hls))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
         .merge(crate::embed::routes())
+        .layer(CompressionLayer::new().compress_when(compressible));
+    Router::new()
+        .route("/v1/webhooks/stream", post(stream_webhook))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .merge(compressed)
         .fallback(|| async { RelayError::NotFound("no such resource".into()) })
-        .method_not_allowed_fallback(|| async {
-            (
-                StatusCode::METHOD_NOT_ALLOWED,
-                axum::Json(serde_json::json!({"error": {"code": "method_not_allowed",
-                    "message": "only GET, HEAD and OPTIONS are served"}})),
-            )
-        })
-        .layer(CompressionLayer::new().compress_when(compressible))
+        .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(middleware::from_fn_with_state(relay.clone(), observe))
         .layer(middleware::from_fn(reject_hostile_paths))
         .layer(cors)
@@ -127,7 +231,7 @@ impl RunningRelay {
         let http = crate::listener::Server::new(config.listener())?;
         let relay = build_relay(config)?;
         let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-        let app = router(relay.clone());
+        let app = app(relay.clone());
         tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop.wait_for(|stop| *stop).await;
@@ -180,19 +284,14 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         .max_age(std::time::Duration::from_secs(86400))
 }
 
-/// Text is worth compressing (playlists, JSON, the embed page and hls.js); media is already compressed.
+/// Text is worth compressing (JSON, the embed page and hls.js); media is already compressed.
 fn compressible(
     status: StatusCode,
     _: Version,
     headers: &HeaderMap,
     _: &axum::http::Extensions,
 ) -> bool {
-    const TEXT: [&str; 4] = [
-        "application/vnd.apple.mpegurl",
-        "application/json",
-        "text/html",
-        "text/javascript",
-    ];
+    const TEXT: [&str; 3] = ["application/json", "text/html", "text/javascript"];
     status.is_success()
         && headers
             .get(header::CONTENT_TYPE)
@@ -233,25 +332,40 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Counts every response by route and status.
+async fn observe(State(relay): State<Relay>, request: Request, next: Next) -> Response {
+    observed(&relay, request, |request| next.run(request)).await
+}
+
 /// Counts every response by route and status, and traces each request in a span (at debug level, so that a
 /// busy relay pays nothing for it unless asked: `log.level = "hls_relay=debug,info"`).
-async fn observe(State(relay): State<Relay>, request: Request, next: Next) -> Response {
+async fn observed<Serve, Served>(relay: &Relay, request: Request, serve: Serve) -> Response
+where
+    Serve: FnOnce(Request) -> Served,
+    Served: Future<Output = Response>,
+{
     let route = route_label(request.uri().path());
+    let count = |status: StatusCode| {
+        relay
+            .metrics()
+            .requests
+            .with_label_values(&[route, status.as_str()])
+            .inc()
+    };
     let span = tracing::debug_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
         route,
     );
+    if span.is_disabled() {
+        let response = serve(request).await;
+        count(response.status());
+        return response;
+    }
     let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = serve(request).instrument(span.clone()).await;
     let status = response.status();
-    relay
-        .metrics()
-        .requests
-        .with_label_values(&[route, status.as_str()])
-        .inc();
+    count(status);
     span.in_scope(|| {
         tracing::debug!(
             status = status.as_u16(),
@@ -492,7 +606,7 @@ fn public_base(config: &Config, headers: &HeaderMap, uri: &Uri, tls: bool) -> St
 
 /// `GET /hls/{type}/{id}/index.m3u8` and `GET /hls/{type}/{id}/{location}/{seal}/{file}`. The raw path is used, not
 /// a decoded one: signatures cover the URL exactly as the relay wrote it.
-async fn hls(State(relay): State<Relay>, request: Request) -> Result<Response, RelayError> {
+async fn hls(relay: &Relay, request: Request) -> Result<Response, RelayError> {
     let (path, query, headers) = (
         request.uri().path(),
         request.uri().query(),
@@ -503,6 +617,12 @@ async fn hls(State(relay): State<Relay>, request: Request) -> Result<Response, R
     let (kind, id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let call = CallId::new(kind, id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
     let token = relay.gate().admit(&call, query_value(query, "token"))?;
+    // Most requests are fresh cache hits: answered here, without the miss path (boxed below, so that its large
+    // future is neither built nor moved for a hit).
+    let blocking = query.is_some_and(|query| query.contains("_HLS_"));
+    if let Some(served) = relay.fresh(path).filter(|_| !blocking) {
+        return Ok(render(served, headers, token).await);
+    }
     let work = async {
         match (parts.next(), parts.next(), parts.next()) {
             (Some(ENTRY_PLAYLIST), None, None) => relay.entry_playlist(&call, path).await,
@@ -521,6 +641,7 @@ async fn hls(State(relay): State<Relay>, request: Request) -> Result<Response, R
         }
     };
     let served = tokio::time::timeout(relay.config().server.request_timeout, work)
+        .boxed()
         .await
         .map_err(|_| RelayError::UpstreamTimeout("no response from upstream in time".into()))??;
     Ok(render(served, headers, token).await)
@@ -532,12 +653,20 @@ async fn render(served: Served, request: &HeaderMap, token: Option<&str>) -> Res
             object,
             outcome,
             stale,
-        } => match (token, &object.playlist) {
-            (Some(token), Some(playlist)) => {
-                render_for_viewer(&object, &playlist.uri_ends, token, outcome)
+        } => {
+            // Playlists are text and worth compressing; media is compressed already. Ranges are cut from the
+            // identity bytes.
+            let coding = match object.playlist.is_some() && !request.contains_key(header::RANGE) {
+                true => encoding::preferred(request.get(header::ACCEPT_ENCODING)),
+                false => None,
+            };
+            match (token, &object.playlist) {
+                (Some(token), Some(playlist)) => {
+                    render_for_viewer(&object, &playlist.uri_ends, token, outcome, coding)
+                }
+                _ => render_whole(&object, outcome, stale, request, coding),
             }
-            _ => render_whole(&object, outcome, stale, request),
-        },
+        }
         Served::Streaming {
             head,
             fill,
@@ -546,7 +675,7 @@ async fn render(served: Served, request: &HeaderMap, token: Option<&str>) -> Res
             if request.contains_key(header::RANGE) {
                 // Ranges are cut from the whole object; the fill finishes at upstream speed.
                 return match fill.complete().await {
-                    Ok(object) => render_whole(&object, outcome, false, request),
+                    Ok(object) => render_whole(&object, outcome, false, request, None),
                     Err(error) => error.into_response(),
                 };
             }
@@ -568,14 +697,20 @@ async fn render(served: Served, request: &HeaderMap, token: Option<&str>) -> Res
     }
 }
 
-/// A playlist with the viewer's token carried into every URI the relay wrote: private to that viewer.
+/// A playlist with the viewer's token carried into every URI the relay wrote: private to that viewer, so compressed
+/// per request when the viewer accepts it.
 fn render_for_viewer(
     object: &CachedObject,
     uri_ends: &[usize],
     token: &str,
     outcome: CacheOutcome,
+    coding: Option<Coding>,
 ) -> Response {
     let body = playlist::with_query(&object.body, uri_ends, &format!("token={token}"));
+    let body = match coding {
+        Some(coding) => encoding::compress(coding, &body),
+        None => body.into(),
+    };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = object.status;
     let headers = response.headers_mut();
@@ -594,6 +729,10 @@ fn render_for_viewer(
         HeaderValue::from(object.age_secs(Instant::now())),
     );
     headers.insert(X_CACHE.clone(), x_cache(outcome, false));
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if let Some(coding) = coding {
+        headers.insert(header::CONTENT_ENCODING, coding.header_value());
+    }
     response
 }
 
@@ -611,15 +750,26 @@ fn render_whole(
     outcome: CacheOutcome,
     stale: bool,
     request: &HeaderMap,
+    coding: Option<Coding>,
 ) -> Response {
     let is_ok = object.status == StatusCode::OK;
+    let variant = match (is_ok, coding, &object.playlist) {
+        (true, Some(coding), Some(playlist)) => Some((
+            coding,
+            playlist.variants.get(coding, &object.body, &object.etag),
+        )),
+        _ => None,
+    };
+    let (mut body, etag) = match variant {
+        Some((_, variant)) => (variant.body.clone(), &variant.etag),
+        None => (object.body.clone(), &object.etag),
+    };
     let mut status = object.status;
-    let mut body = object.body.clone();
     let mut content_range = None;
-    if is_ok && etag_matches(request, &object.etag) {
+    if is_ok && etag_matches(request, etag) {
         status = StatusCode::NOT_MODIFIED;
         body = bytes::Bytes::new();
-    } else if let (true, Some(range)) = (is_ok, request.get(header::RANGE)) {
+    } else if let (true, None, Some(range)) = (is_ok, variant, request.get(header::RANGE)) {
         match byte_range(range.to_str().unwrap_or(""), object.body.len() as u64) {
             ByteRange::Whole => {}
             ByteRange::Part { first, last } => {
@@ -647,7 +797,7 @@ fn render_whole(
     headers.insert(header::CONTENT_TYPE, object.content_type.clone());
     headers.insert(header::CACHE_CONTROL, object.cache_control.clone());
     if is_ok {
-        headers.insert(header::ETAG, object.etag.clone());
+        headers.insert(header::ETAG, etag.clone());
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     headers.insert(
@@ -660,6 +810,12 @@ fn render_whole(
             header::CONTENT_RANGE,
             HeaderValue::try_from(range).expect("ASCII"),
         );
+    }
+    if object.playlist.is_some() {
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if let Some((coding, _)) = variant {
+        headers.insert(header::CONTENT_ENCODING, coding.header_value());
     }
     response
 }

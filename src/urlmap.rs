@@ -19,6 +19,7 @@ use sha2::Sha256;
 use url::Url;
 
 use crate::call::CallId;
+use crate::playlist::UriSite;
 
 /// File name of the stable entry URL `/hls/{type}/{id}/index.m3u8`.
 pub const ENTRY_PLAYLIST: &str = "index.m3u8";
@@ -42,6 +43,19 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
+    /// Whether the URI at `site` names a playlist (fetched whole and rewritten) or media (streamed untouched).
+    pub fn at(site: UriSite) -> Self {
+        match site {
+            UriSite::VariantLine => Self::Playlist,
+            UriSite::SegmentLine => Self::Media,
+            UriSite::Attribute { tag, attribute } => match (tag, attribute) {
+                ("EXT-X-MEDIA" | "EXT-X-I-FRAME-STREAM-INF" | "EXT-X-RENDITION-REPORT", _)
+                | ("EXT-X-DATERANGE", "X-ASSET-URI") => Self::Playlist,
+                _ => Self::Media,
+            },
+        }
+    }
+
     fn tag(self) -> char {
         match self {
             Self::Playlist => 'p',
@@ -107,6 +121,17 @@ impl UrlSigner {
         Self::new(&key)
     }
 
+    /// The seal's MAC covers the call, the location, the file name and the kind, in that order, each part
+    /// length-prefixed; this is its state after the first two.
+    fn location_mac(&self, call: &CallId, location: &str) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        for part in [call.kind(), call.id(), location] {
+            mac.update(&(part.len() as u32).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac
+    }
+
     fn signature(
         &self,
         call: &CallId,
@@ -114,13 +139,20 @@ impl UrlSigner {
         location: &str,
         file: &str,
     ) -> Hmac<Sha256> {
-        let mut mac = self.mac.clone();
-        for part in [call.kind(), call.id(), location, file] {
-            mac.update(&(part.len() as u32).to_be_bytes());
-            mac.update(part.as_bytes());
-        }
-        mac.update(&[kind.tag() as u8]);
-        mac
+        file_mac(self.location_mac(call, location), file, kind)
+    }
+
+    /// What the URI `uri`, found at `site` in a playlist fetched from `base` and served at `from`, becomes in the
+    /// relayed playlist; None leaves it as it is. To map all the URIs of a playlist, [`PlaylistMapper`] is faster.
+    pub fn relay_uri(
+        &self,
+        call: &CallId,
+        base: &Url,
+        site: UriSite,
+        uri: &str,
+        from: PlaylistLocation<'_>,
+    ) -> Option<String> {
+        PlaylistMapper::new(self, call, base, from).map(site, uri)
     }
 
     /// The relay reference for `upstream`, relative to a playlist served at `from`.
@@ -132,39 +164,9 @@ impl UrlSigner {
         kind: ObjectKind,
         from: PlaylistLocation<'_>,
     ) -> Option<String> {
-        if !matches!(upstream.scheme(), "http" | "https") {
-            return None;
-        }
-        let (mut location, mut file) = split_location(upstream);
-        if !is_plain_file_name(file) {
-            // A name the relay's path filter would refuse (or the placeholder itself) travels inside the location.
-            location = upstream[..url::Position::AfterQuery].to_owned();
-            file = EMPTY_FILE;
-        }
-        let signature = self
-            .signature(call, kind, &location, file)
-            .finalize()
-            .into_bytes();
-        let mut encoded = String::with_capacity(location.len() * 4 / 3 + 4);
-        URL_SAFE_NO_PAD.encode_string(location.as_bytes(), &mut encoded);
-        let mut out = String::with_capacity(encoded.len() + file.len() + 24);
-        match from {
-            PlaylistLocation::Object { location } if location == encoded => out.push_str("../"),
-            PlaylistLocation::Object { .. } => {
-                out.push_str("../../");
-                out.push_str(&encoded);
-                out.push('/');
-            }
-            PlaylistLocation::Entry => {
-                out.push_str(&encoded);
-                out.push('/');
-            }
-        }
-        URL_SAFE_NO_PAD.encode_string(&signature[..SIGNATURE_BYTES], &mut out);
-        out.push(kind.tag());
-        out.push('/');
-        out.push_str(file);
-        Some(out)
+        let (location, file) = upstream_location(upstream)?;
+        let location = Location::new(self, call, location, from);
+        Some(location.reference(file, kind))
     }
 
     /// Checks the `{location}/{seal}/{file}` segments of a request path and returns the upstream object they
@@ -198,6 +200,161 @@ impl UrlSigner {
         let url = join_location(&location, file).ok_or(MapError::Malformed)?;
         Ok(UpstreamObject { url, kind })
     }
+}
+
+/// Maps the URIs of one playlist. They mostly share a location (segments side by side, often with one CDN query),
+/// so a location's encoding and the MAC over everything before the file name are worked out once per location,
+/// and plain relative names are joined to the playlist's directory without a URL parse: a live playlist of
+/// hundreds of segments is rewritten on every upstream version.
+pub struct PlaylistMapper<'a> {
+    signer: &'a UrlSigner,
+    call: &'a CallId,
+    base: &'a Url,
+    from: PlaylistLocation<'a>,
+    /// `scheme://authority/dir/` of `base`, when plain names can be appended to it as they are.
+    base_dir: Option<String>,
+    /// The location of the last URI, reused while the next ones share it.
+    last: Option<Location>,
+    scratch: String,
+}
+
+impl<'a> PlaylistMapper<'a> {
+    pub fn new(
+        signer: &'a UrlSigner,
+        call: &'a CallId,
+        base: &'a Url,
+        from: PlaylistLocation<'a>,
+    ) -> Self {
+        let base_dir = matches!(base.scheme(), "http" | "https").then(|| {
+            let path = base.path();
+            let dir_end = path.rfind('/').map_or(0, |slash| slash + 1);
+            format!("{}{}", &base[..url::Position::BeforePath], &path[..dir_end])
+        });
+        Self {
+            signer,
+            call,
+            base,
+            from,
+            base_dir,
+            last: None,
+            scratch: String::new(),
+        }
+    }
+
+    /// What `uri`, found at `site`, becomes in the relayed playlist; None leaves it as it is (not http(s)).
+    pub fn map(&mut self, site: UriSite, uri: &str) -> Option<String> {
+        let kind = ObjectKind::at(site);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let file = match (&self.base_dir, plain_relative(uri)) {
+            (Some(base_dir), Some((file, query))) => {
+                scratch.push_str(base_dir);
+                if let Some(query) = query {
+                    scratch.push('?');
+                    scratch.push_str(query);
+                }
+                file
+            }
+            _ => {
+                let url = self.base.join(uri).ok()?;
+                let (location, file) = upstream_location(&url)?;
+                return Some(self.location(location).reference(file, kind));
+            }
+        };
+        let reference = self.location(scratch).reference(file, kind);
+        Some(reference)
+    }
+
+    /// The state for `location`, the last one's when it is the same.
+    fn location(&mut self, location: String) -> &Location {
+        match &self.last {
+            Some(last) if last.text == location => self.scratch = location,
+            _ => self.last = Some(Location::new(self.signer, self.call, location, self.from)),
+        }
+        self.last.as_ref().expect("set above")
+    }
+}
+
+/// Splits `uri` into a file name and query when it is a plain relative reference (`seg_1.ts`, `seg_1.ts?sig=…`)
+/// whose resolution against a directory is that directory followed by the URI, byte for byte: a name of
+/// unreserved characters that is not a dot segment nor the relay's placeholder, and a query of characters URL
+/// parsing keeps as they are. Anything else takes the full URL join.
+fn plain_relative(uri: &str) -> Option<(&str, Option<&str>)> {
+    let (file, query) = match uri.split_once('?') {
+        Some((file, query)) => (file, Some(query)),
+        None => (uri, None),
+    };
+    let plain_file = !file.is_empty()
+        && file != "."
+        && file != ".."
+        && file != EMPTY_FILE
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'));
+    let plain_query = query.is_none_or(|query| {
+        query
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'#' | b'<' | b'>' | b'\''))
+    });
+    (plain_file && plain_query).then_some((file, query))
+}
+
+/// The location and file name the relay URL of `upstream` carries, or None when the relay cannot fetch it.
+fn upstream_location(upstream: &Url) -> Option<(String, &str)> {
+    if !matches!(upstream.scheme(), "http" | "https") {
+        return None;
+    }
+    let (location, file) = split_location(upstream);
+    if is_plain_file_name(file) {
+        Some((location, file))
+    } else {
+        // A name the relay's path filter would refuse (or the placeholder itself) travels inside the location.
+        Some((upstream[..url::Position::AfterQuery].to_owned(), EMPTY_FILE))
+    }
+}
+
+/// One upstream location, ready to write references to the files in it.
+struct Location {
+    text: String,
+    /// How the relay path names it from the playlist being rewritten: `../`, `../../{b64}/` or `{b64}/`.
+    prefix: String,
+    /// The MAC after the call and the location: each file adds its name and kind.
+    mac: Hmac<Sha256>,
+}
+
+impl Location {
+    fn new(signer: &UrlSigner, call: &CallId, text: String, from: PlaylistLocation<'_>) -> Self {
+        let mut encoded = String::with_capacity(text.len() * 4 / 3 + 4);
+        URL_SAFE_NO_PAD.encode_string(text.as_bytes(), &mut encoded);
+        let prefix = match from {
+            PlaylistLocation::Object { location } if location == encoded => "../".to_owned(),
+            PlaylistLocation::Object { .. } => format!("../../{encoded}/"),
+            PlaylistLocation::Entry => format!("{encoded}/"),
+        };
+        let mac = signer.location_mac(call, &text);
+        Self { text, prefix, mac }
+    }
+
+    /// `{prefix}{seal}/{file}`.
+    fn reference(&self, file: &str, kind: ObjectKind) -> String {
+        let signature = file_mac(self.mac.clone(), file, kind)
+            .finalize()
+            .into_bytes();
+        let mut out = String::with_capacity(self.prefix.len() + SIGNATURE_CHARS + 2 + file.len());
+        out.push_str(&self.prefix);
+        URL_SAFE_NO_PAD.encode_string(&signature[..SIGNATURE_BYTES], &mut out);
+        out.push(kind.tag());
+        out.push('/');
+        out.push_str(file);
+        out
+    }
+}
+
+fn file_mac(mut mac: Hmac<Sha256>, file: &str, kind: ObjectKind) -> Hmac<Sha256> {
+    mac.update(&(file.len() as u32).to_be_bytes());
+    mac.update(file.as_bytes());
+    mac.update(&[kind.tag() as u8]);
+    mac
 }
 
 /// Whether an upstream file name can stand as the last segment of a relay path: not empty, not the placeholder,
@@ -248,8 +405,93 @@ fn join_location(location: &str, file: &str) -> Option<Url> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn renditions_are_playlists_and_everything_else_is_media() {
+        assert_eq!(ObjectKind::at(UriSite::VariantLine), ObjectKind::Playlist);
+        assert_eq!(ObjectKind::at(UriSite::SegmentLine), ObjectKind::Media);
+        let media = UriSite::Attribute {
+            tag: "EXT-X-MEDIA",
+            attribute: "URI",
+        };
+        assert_eq!(ObjectKind::at(media), ObjectKind::Playlist);
+        let map = UriSite::Attribute {
+            tag: "EXT-X-MAP",
+            attribute: "URI",
+        };
+        assert_eq!(ObjectKind::at(map), ObjectKind::Media);
+    }
+
     fn call() -> CallId {
         CallId::new("livestream", "abc").unwrap()
+    }
+
+    /// The mapper's shortcuts (plain names joined without a URL parse, one MAC prefix per location) must write
+    /// exactly what resolving each URI and signing it from scratch writes.
+    fn assert_mapper_matches_full_join(base: &str, uris: &[&str]) {
+        let signer = UrlSigner::new(b"k");
+        let call = call();
+        let base = Url::parse(base).unwrap();
+        let served_at = "c29tZXdoZXJl";
+        for from in [
+            PlaylistLocation::Entry,
+            PlaylistLocation::Object {
+                location: served_at,
+            },
+        ] {
+            let mut mapper = PlaylistMapper::new(&signer, &call, &base, from);
+            for site in [UriSite::SegmentLine, UriSite::VariantLine] {
+                for uri in uris {
+                    let expected = base
+                        .join(uri)
+                        .ok()
+                        .and_then(|url| signer.relay_ref(&call, &url, ObjectKind::at(site), from));
+                    assert_eq!(mapper.map(site, uri), expected, "{uri} against {base}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn playlist_mapper_writes_what_a_full_join_writes() {
+        let uris = [
+            "seg_1.ts",
+            "seg_2.ts",
+            "seg_2.ts?sig=abc&exp=1",
+            "seg_3.ts?sig=abc&exp=1",
+            "seg 4.ts",
+            "seg%2e5.ts",
+            "Seg_6.TS?a=b/c:d@e~!$()*+,;=%41`|^{}",
+            "seg_7.ts?q=\"quoted\"",
+            "seg_8.ts?q='single'",
+            "seg_9.ts#fragment",
+            "_",
+            ".",
+            "..",
+            "a:b",
+            "",
+            "?only=query",
+            "../up/seg.ts",
+            "/root/seg.ts",
+            "//other.example.com/seg.ts",
+            "https://cdn.example.com/live/seg.ts?x=1",
+            "data:text/plain,hello",
+            "seg_é.ts",
+            "seg_10.ts?é=1",
+        ];
+        assert_mapper_matches_full_join(
+            "https://cdn.example.com/live/v1/index.m3u8?token=t",
+            &uris,
+        );
+        assert_mapper_matches_full_join("http://127.0.0.1:8080/index.m3u8", &uris);
+        assert_mapper_matches_full_join("https://cdn.example.com", &uris);
+        assert_mapper_matches_full_join("https://cdn.example.com/a%20b/c.m3u8", &uris);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn playlist_mapper_matches_a_full_join_for_any_uri(uri in "[a-zA-Z0-9._~%?&=#:/ '\"<>-]{0,24}") {
+            assert_mapper_matches_full_join("https://cdn.example.com/live/index.m3u8", &[&uri]);
+        }
     }
 
     /// Splits a reference written from the entry playlist into (location, seal, file).

@@ -261,15 +261,53 @@ async fn configured_origins_are_the_only_ones_allowed() {
 
 #[tokio::test]
 async fn playlists_are_compressed_when_accepted_and_media_never() {
+    use std::io::Read;
+
     let world = World::start().await;
     let raw = reqwest::Client::builder().no_gzip().build().unwrap();
-    let playlist = raw
-        .get(world.url("/hls/livestream/ts/index.m3u8"))
-        .header(header::ACCEPT_ENCODING, "gzip")
-        .send()
-        .await
+    let entry = world.url("/hls/livestream/ts/index.m3u8");
+    let ask = |accept: &'static str, if_none_match: Option<String>| {
+        let mut request = raw.get(&entry).header(header::ACCEPT_ENCODING, accept);
+        if let Some(etag) = if_none_match {
+            request = request.header(header::IF_NONE_MATCH, etag);
+        }
+        request.send()
+    };
+    let plain = ask("identity", None).await.unwrap();
+    assert!(!plain.headers().contains_key(header::CONTENT_ENCODING));
+    assert_eq!(plain.headers()[header::VARY], "accept-encoding");
+    let plain_etag = plain.headers()[header::ETAG].to_str().unwrap().to_owned();
+    let plain = plain.text().await.unwrap();
+
+    let gzip = ask("gzip", None).await.unwrap();
+    assert_eq!(gzip.headers()[header::CONTENT_ENCODING], "gzip");
+    assert_eq!(gzip.headers()[header::VARY], "accept-encoding");
+    let gzip_etag = gzip.headers()[header::ETAG].to_str().unwrap().to_owned();
+    assert_ne!(
+        gzip_etag, plain_etag,
+        "each representation has its own validator"
+    );
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(&gzip.bytes().await.unwrap()[..])
+        .read_to_string(&mut unzipped)
         .unwrap();
-    assert_eq!(playlist.headers()[header::CONTENT_ENCODING], "gzip");
+    assert_eq!(unzipped, plain);
+
+    // Browsers offer br too; it wins.
+    let brotli = ask("gzip, deflate, br, zstd", None).await.unwrap();
+    assert_eq!(brotli.headers()[header::CONTENT_ENCODING], "br");
+    let mut unbrotlied = String::new();
+    brotli::Decompressor::new(&brotli.bytes().await.unwrap()[..], 4096)
+        .read_to_string(&mut unbrotlied)
+        .unwrap();
+    assert_eq!(unbrotlied, plain);
+
+    // A revalidation is answered for the representation it names.
+    let revalidated = ask("gzip", Some(gzip_etag)).await.unwrap();
+    assert_eq!(revalidated.status(), 304);
+    let other_representation = ask("gzip", Some(plain_etag)).await.unwrap();
+    assert_eq!(other_representation.status(), 200);
+
     let (segment_path, _) = newest_segment(&world, "ts").await;
     let segment = raw
         .get(world.url(&segment_path))

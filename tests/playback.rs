@@ -205,8 +205,9 @@ fn assert_same_outside_uris(upstream: &str, relayed: &str) {
     assert_eq!(strip(upstream), strip(relayed));
 }
 
-/// ffmpeg's HLS demuxer reads 10 s of the live stream through the relay. CI installs ffmpeg; elsewhere the test
-/// says so and stops if it is missing.
+/// ffmpeg's HLS demuxer reads 10 s of the live stream through the relay, in MPEG-TS, fMP4 and LL-HLS (ffmpeg
+/// reads an LL-HLS playlist's full segments and ignores its parts, as a legacy player must be able to). CI
+/// installs ffmpeg; elsewhere the test says so and stops if it is missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_reads_the_live_stream_through_the_relay() {
     if std::process::Command::new("ffmpeg")
@@ -224,7 +225,16 @@ async fn ffmpeg_reads_the_live_stream_through_the_relay() {
         return;
     }
     let world = World::start().await;
-    for call in ["ts", "fmp4"] {
+    world.sim.add_call(
+        "livestream",
+        "ll",
+        CallSetup {
+            flavour: Flavour::Fmp4,
+            low_latency: true,
+            ..CallSetup::default()
+        },
+    );
+    for call in ["ts", "fmp4", "ll"] {
         let url = world.url(&format!("/hls/livestream/{call}/index.m3u8"));
         let output = tokio::process::Command::new("ffmpeg")
             .args([

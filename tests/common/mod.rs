@@ -11,7 +11,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hls_relay::config::Config;
 use hls_relay::server::RunningRelay;
-use hls_relay::sim::{self, CallSetup, SimConfig, SimHandle};
+pub use hls_relay::sim::CallSetup;
+use hls_relay::sim::{self, SimConfig, SimHandle};
 
 #[allow(unused_imports)] // not every test binary injects faults
 pub use hls_relay::sim::{Flavour, OriginFault};
