@@ -995,7 +995,7 @@ fn print_errors(phase: &PhaseLogs) {
         if errors.is_empty() {
             continue;
         }
-        errors.sort_by(|a, b| b.1.cmp(&a.1));
+        errors.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
         let total: usize = errors.iter().map(|(_, count)| count).sum();
         println!("{name}: {total} errors (warm-up included), most frequent:");
         for (error, count) in errors.iter().take(5) {
