@@ -845,8 +845,8 @@ struct Row {
     errors: usize,
     playlist_added: Spread,
     part_added: Spread,
-    /// Of the parts with a reference, the share for which the playlist or the part came more than 10 ms after the
-    /// reference viewer's (the acceptance bound).
+    /// Of the samples (viewer × part) with a reference, the share whose playlist or part came more than 10 ms after
+    /// the reference viewer's (the acceptance bound).
     over_10ms: Option<f64>,
     playlist_age: Spread,
     part_age: Spread,
