@@ -620,7 +620,7 @@ async fn hls(relay: &Relay, request: Request) -> Result<Response, RelayError> {
     // Most requests are fresh cache hits: answered here, without the miss path (boxed below, so that its large
     // future is neither built nor moved for a hit).
     let blocking = query.is_some_and(|query| query.contains("_HLS_"));
-    if let Some(served) = relay.fresh(path).filter(|_| !blocking) {
+    if !blocking && let Some(served) = relay.fresh(path) {
         return Ok(render(served, headers, token).await);
     }
     let work = async {

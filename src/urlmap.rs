@@ -142,19 +142,6 @@ impl UrlSigner {
         file_mac(self.location_mac(call, location), file, kind)
     }
 
-    /// What the URI `uri`, found at `site` in a playlist fetched from `base` and served at `from`, becomes in the
-    /// relayed playlist; None leaves it as it is. To map all the URIs of a playlist, [`PlaylistMapper`] is faster.
-    pub fn relay_uri(
-        &self,
-        call: &CallId,
-        base: &Url,
-        site: UriSite,
-        uri: &str,
-        from: PlaylistLocation<'_>,
-    ) -> Option<String> {
-        PlaylistMapper::new(self, call, base, from).map(site, uri)
-    }
-
     /// The relay reference for `upstream`, relative to a playlist served at `from`.
     /// Returns None for URLs the relay cannot fetch (no http(s)), which stay as they are.
     pub fn relay_ref(
@@ -261,8 +248,7 @@ impl<'a> PlaylistMapper<'a> {
                 return Some(self.location(location).reference(file, kind));
             }
         };
-        let reference = self.location(scratch).reference(file, kind);
-        Some(reference)
+        Some(self.location(scratch).reference(file, kind))
     }
 
     /// The state for `location`, the last one's when it is the same.

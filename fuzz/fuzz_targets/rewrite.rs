@@ -5,13 +5,13 @@
 //!   `with_query` adds exactly one `?`/`&` + query per mark.
 //! - The identity (`None` for every URI): the body comes back byte for byte, with no marks, and the playlist is
 //!   accepted or refused exactly as with the plain mapping.
-//! - The relay's own mapping (resolve against the upstream URL, `UrlSigner::relay_ref`, from the entry playlist
+//! - The relay's own mapping (`PlaylistMapper`: resolve against the upstream URL and sign, from the entry playlist
 //!   and from an object playlist), which must always give URI-safe replacements (debug builds assert it).
 #![no_main]
 
 use hls_relay::call::CallId;
-use hls_relay::playlist::{Rewritten, UriSite, rewrite_marked, with_query};
-use hls_relay::urlmap::{ObjectKind, PlaylistLocation, UrlSigner};
+use hls_relay::playlist::{Rewritten, rewrite_marked, with_query};
+use hls_relay::urlmap::{PlaylistLocation, PlaylistMapper, UrlSigner};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 use url::Url;
@@ -60,10 +60,8 @@ fuzz_target!(|data: &[u8]| {
             location: "aHR0cHM6Ly9jZG4uZXhhbXBsZS5jb20vbGl2ZS92MS8_c2lnPWFiYw",
         },
     ] {
-        let relayed = rewrite_marked(data, |site, uri| {
-            let url = BASE.join(uri).ok()?;
-            SIGNER.relay_ref(&CALL, &url, kind_at(site), from)
-        });
+        let mut mapper = PlaylistMapper::new(&SIGNER, &CALL, &BASE, from);
+        let relayed = rewrite_marked(data, |site, uri| mapper.map(site, uri));
         assert_eq!(relayed.is_ok(), identity.is_ok());
         if let Ok(out) = relayed {
             let _ = with_query(&out.body, &out.uri_ends, QUERY);
@@ -98,17 +96,4 @@ fn check_marks(out: &Rewritten, replacements: &[String]) {
         viewer.len(),
         body.len() + uri_ends.len() * (QUERY.len() + 1)
     );
-}
-
-/// `relay::kind_at` (private there).
-fn kind_at(site: UriSite) -> ObjectKind {
-    match site {
-        UriSite::VariantLine => ObjectKind::Playlist,
-        UriSite::SegmentLine => ObjectKind::Media,
-        UriSite::Attribute { tag, attribute } => match (tag, attribute) {
-            ("EXT-X-MEDIA" | "EXT-X-I-FRAME-STREAM-INF" | "EXT-X-RENDITION-REPORT", _)
-            | ("EXT-X-DATERANGE", "X-ASSET-URI") => ObjectKind::Playlist,
-            _ => ObjectKind::Media,
-        },
-    }
 }
