@@ -6,12 +6,21 @@
 //!
 //! ```text
 //! accept ─► at max_connections? close at once
-//!        ─► TCP_NODELAY, send_timeout guard on the socket
+//!        ─► TCP_NODELAY; wait for the client's first bytes (header_read_timeout) before anything else exists
+//!        ─► send_timeout guard on the socket
 //!        ─► TLS handshake (bounded by header_read_timeout), ALPN h2 / http/1.1
-//!        ─► hyper-util auto: HTTP/1.1 (header_read_timeout, max_header_bytes) or HTTP/2 (stream cap, pings)
+//!        ─► HTTP/1.1 (hyper's http1: header_read_timeout, max_header_bytes) when the first bytes or ALPN say so;
+//!           otherwise hyper-util auto, which reads the HTTP/2 preface (stream cap, pings)
 //!        ─► watchdog: first request within header_read_timeout, then idle_timeout between requests,
 //!                     shutdown: finish in-flight responses (the accept loop cuts them at shutdown_grace)
 //! ```
+//!
+//! Memory per open connection (what bounds RSS with thousands of idle viewers; see benches/memory/README.md):
+//! until its first bytes arrive a connection is a socket and a task of a few hundred bytes; an HTTP/1.1
+//! connection that has spoken holds hyper's read and write buffers (8KiB each) and its state in one allocation.
+//! Each connection's future is boxed by protocol, so an HTTP/1.1 connection does not carry the size of the HTTP/2
+//! or TLS states, and HTTP/1.1 is served by hyper's http1 directly: hyper-util's auto detection hands the bytes it
+//! sniffed back through a `Rewind`, which makes hyper's first read buffer grow to 16KiB.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,6 +39,7 @@ use axum::http::{Request, Response};
 use bytes::Bytes;
 use bytesize::ByteSize;
 use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
@@ -394,6 +404,7 @@ impl Server {
             .clone()
             .map(|tls| AbortOnDrop(tokio::spawn(tls.watch())));
         let shared = Arc::new(Shared {
+            http1: http1_builder(&config),
             builder: http_builder(&config),
             router,
             tls: tls.map(|tls| TlsAcceptor::from(tls.server_config())),
@@ -476,16 +487,33 @@ pub async fn serve(
     server.serve(listener, router, shutdown).await
 }
 
+/// hyper-util's HTTP/1 builder has no separate header limit: the read buffer bounds the request head (431 when
+/// full). Responses are not limited by it: body chunks are queued, not copied, into the write buffer.
+fn h1_buffer(config: &ListenerConfig) -> usize {
+    usize::try_from(config.max_header_bytes.as_u64())
+        .unwrap_or(usize::MAX)
+        .max(MIN_H1_BUFFER)
+}
+
+/// HTTP/1.1 when the protocol is known (the first bytes are not the HTTP/2 preface, or ALPN said http/1.1).
+fn http1_builder(config: &ListenerConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(h1_buffer(config));
+    builder
+}
+
+/// Either protocol, told apart by the HTTP/2 preface: h2c by prior knowledge, TLS with ALPN h2 or none.
 fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let header_bytes = usize::try_from(config.max_header_bytes.as_u64()).unwrap_or(usize::MAX);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper-util's HTTP/1 builder has no separate header limit: the read buffer bounds the request head (431 when
-    // full). Responses are not limited by it: body chunks are queued, not copied, into the write buffer.
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(header_bytes.max(MIN_H1_BUFFER));
+        .max_buf_size(h1_buffer(config));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -497,6 +525,7 @@ fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
 }
 
 struct Shared {
+    http1: http1::Builder,
     builder: auto::Builder<TokioExecutor>,
     router: Router,
     tls: Option<TlsAcceptor>,
@@ -549,6 +578,30 @@ fn is_connection_error(error: &io::Error) -> bool {
     )
 }
 
+/// The HTTP/2 client connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Which hyper connection serves a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Known to be HTTP/1.x (first bytes, or ALPN `http/1.1`): hyper's http1.
+    Http1,
+    /// HTTP/2, or not known yet: hyper-util's auto, which reads the preface.
+    Detect,
+}
+
+impl Protocol {
+    /// From the first bytes a plain-TCP client sent (at least one): anything that is not the start of the HTTP/2
+    /// preface is HTTP/1.x.
+    fn sniff(first: &[u8]) -> Self {
+        if H2_PREFACE.starts_with(first) {
+            Protocol::Detect
+        } else {
+            Protocol::Http1
+        }
+    }
+}
+
 async fn connection(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -557,11 +610,52 @@ async fn connection(
     _slot: OwnedSemaphorePermit,
 ) {
     let accepted = Instant::now();
+    // Nothing is set up until the client's first bytes arrive (peeked, left in the socket): until then a connection
+    // is its socket and this small task, and one that says nothing is dropped at header_read_timeout.
+    let mut first = [0; H2_PREFACE.len()];
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout_at(
+            accepted + shared.config.header_read_timeout,
+            stream.peek(&mut first),
+        ) => peeked,
+        _ = stopped.wait_for(|stop| *stop) => return,
+    };
+    let first = match peeked {
+        Ok(Ok(0)) => return,
+        Ok(Ok(n)) => &first[..n],
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "connection failed before its first byte");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no byte within header_read_timeout; closing");
+            return;
+        }
+    };
     // Below TLS, so that a stalled TLS write is caught too.
     let stream = SendTimeout::new(stream, shared.config.send_timeout);
-    let Some(acceptor) = &shared.tls else {
-        return drive(&shared, stream, peer, false, stopped, accepted).await;
-    };
+    match &shared.tls {
+        None => {
+            let protocol = Protocol::sniff(first);
+            serve_http(&shared, stream, peer, false, protocol, stopped, accepted).await;
+        }
+        Some(acceptor) => {
+            Box::pin(tls_connection(
+                &shared, acceptor, stream, peer, stopped, accepted,
+            ))
+            .await;
+        }
+    }
+}
+
+async fn tls_connection(
+    shared: &Shared,
+    acceptor: &TlsAcceptor,
+    stream: SendTimeout<TcpStream>,
+    peer: SocketAddr,
+    mut stopped: watch::Receiver<bool>,
+    accepted: Instant,
+) {
     let handshake = tokio::time::timeout_at(
         accepted + shared.config.header_read_timeout,
         acceptor.accept(stream),
@@ -580,7 +674,61 @@ async fn connection(
         },
         _ = stopped.wait_for(|stop| *stop) => return,
     };
-    drive(&shared, stream, peer, true, stopped, accepted).await
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"http/1.1") => Protocol::Http1,
+        _ => Protocol::Detect,
+    };
+    serve_http(shared, stream, peer, true, protocol, stopped, accepted).await;
+}
+
+/// Serves one connection with the hyper connection of its protocol. Each kind is boxed on its own: a task's size
+/// is that of its largest state, and HTTP/1.1 connections, the many idle ones, should not pay for HTTP/2's.
+async fn serve_http<I>(
+    shared: &Shared,
+    io: I,
+    peer: SocketAddr,
+    tls: bool,
+    protocol: Protocol,
+    stopped: watch::Receiver<bool>,
+    accepted: Instant,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new(accepted));
+    let service = ConnectionService {
+        router: shared.router.clone(),
+        peer,
+        tls,
+        activity: activity.clone(),
+    };
+    let io = TokioIo::new(io);
+    let limits = &shared.config;
+    match protocol {
+        Protocol::Http1 => {
+            Box::pin(supervise(
+                shared.http1.serve_connection(io, service),
+                http1::Connection::graceful_shutdown,
+                limits,
+                &activity,
+                peer,
+                stopped,
+                accepted,
+            ))
+            .await;
+        }
+        Protocol::Detect => {
+            Box::pin(supervise(
+                shared.builder.serve_connection(io, service),
+                auto::Connection::graceful_shutdown,
+                limits,
+                &activity,
+                peer,
+                stopped,
+                accepted,
+            ))
+            .await;
+        }
+    }
 }
 
 /// Why a connection is being closed gracefully.
@@ -593,26 +741,19 @@ enum Closing {
     Shutdown,
 }
 
-/// Serves one connection, and closes it when it idles or the server stops.
-async fn drive<I>(
-    shared: &Shared,
-    io: I,
+/// Drives a hyper connection, and closes it (`graceful_shutdown`) when it idles or the server stops.
+async fn supervise<C, E>(
+    conn: C,
+    graceful_shutdown: fn(Pin<&mut C>),
+    limits: &ListenerConfig,
+    activity: &Activity,
     peer: SocketAddr,
-    tls: bool,
     mut stopped: watch::Receiver<bool>,
     accepted: Instant,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
-    let limits = &shared.config;
-    let activity = Arc::new(Activity::new(accepted));
-    let service = ConnectionService {
-        router: shared.router.clone(),
-        peer,
-        tls,
-        activity: activity.clone(),
-    };
-    let conn = shared.builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     // hyper has no idle bound for HTTP/2, nor before it knows the protocol: this timer is it. It first fires at
     // the earlier of the two bounds; each time it fires, the real deadline is worked out from the activity.
@@ -631,7 +772,7 @@ async fn drive<I>(
                 return;
             }
             _ = stopped.wait_for(|stop| *stop), if closing == Closing::No => {
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown(conn.as_mut());
                 closing = Closing::Shutdown;
             }
             () = &mut watchdog, if closing != Closing::Shutdown => {
@@ -650,7 +791,7 @@ async fn drive<I>(
                     None => watchdog.as_mut().reset(now + limits.idle_timeout),
                     Some(deadline) if deadline > now => watchdog.as_mut().reset(deadline),
                     Some(_) => {
-                        conn.as_mut().graceful_shutdown();
+                        graceful_shutdown(conn.as_mut());
                         closing = Closing::Idle;
                         watchdog.as_mut().reset(now + limits.header_read_timeout);
                     }
@@ -1042,6 +1183,72 @@ mod tests {
             assert!(error.to_string().contains("key_path"), "{error}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn first_bytes_tell_http1_from_a_possible_http2_preface() {
+        assert_eq!(Protocol::sniff(b"GET / HTTP/1.1\r\n"), Protocol::Http1);
+        assert_eq!(Protocol::sniff(b"G"), Protocol::Http1);
+        assert_eq!(
+            Protocol::sniff(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Protocol::Detect
+        );
+        // Not all of the preface yet: hyper-util's auto reads the rest and decides.
+        assert_eq!(Protocol::sniff(b"PRI"), Protocol::Detect);
+        assert_eq!(Protocol::sniff(b"PRI /x HTTP/1.1"), Protocol::Http1);
+    }
+
+    /// What an open connection costs before it speaks is its task: the states of a connection that has spoken
+    /// are boxed (see the module doc). Sizes printed with `--nocapture`.
+    #[tokio::test]
+    async fn a_connection_task_is_small_until_it_speaks() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let config = ListenerConfig::default();
+        let shared = Arc::new(Shared {
+            http1: http1_builder(&config),
+            builder: http_builder(&config),
+            router: Router::new(),
+            tls: None,
+            config,
+        });
+        let (_stop, stopped) = watch::channel(false);
+        let service = ConnectionService {
+            router: shared.router.clone(),
+            peer,
+            tls: false,
+            activity: Arc::new(Activity::new(Instant::now())),
+        };
+        let io = || TokioIo::new(SendTimeout::new(tokio::io::empty(), Duration::ZERO));
+        let h1 = supervise(
+            shared.http1.serve_connection(io(), service.clone()),
+            http1::Connection::graceful_shutdown,
+            &shared.config,
+            &service.activity,
+            peer,
+            stopped.clone(),
+            Instant::now(),
+        );
+        let auto = supervise(
+            shared.builder.serve_connection(io(), service.clone()),
+            auto::Connection::graceful_shutdown,
+            &shared.config,
+            &service.activity,
+            peer,
+            stopped.clone(),
+            Instant::now(),
+        );
+        let (h1, auto) = (std::mem::size_of_val(&h1), std::mem::size_of_val(&auto));
+        let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let task = connection(shared.clone(), stream, peer, stopped, slot);
+        let task = std::mem::size_of_val(&task);
+        println!(
+            "connection task {task} B; boxed HTTP/1.1 state {h1} B; boxed auto (HTTP/2) state {auto} B"
+        );
+        assert!(task <= 1024, "connection task: {task} bytes");
     }
 
     #[tokio::test]
