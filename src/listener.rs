@@ -49,7 +49,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -584,9 +584,10 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Which hyper connection serves a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
-    /// Known to be HTTP/1.x (first bytes, or ALPN `http/1.1`): hyper's http1.
+    /// HTTP/1.x (first bytes, ALPN `http/1.1`, or TLS without ALPN until its first bytes say otherwise): the
+    /// request head is read whole, then hyper's http1 serves the connection.
     Http1,
-    /// HTTP/2, or not known yet: hyper-util's auto, which reads the preface.
+    /// HTTP/2, or what may be its preface: hyper-util's auto, which reads the preface.
     Detect,
 }
 
@@ -675,8 +676,8 @@ async fn tls_connection(
         _ = stopped.wait_for(|stop| *stop) => return,
     };
     let protocol = match stream.get_ref().1.alpn_protocol() {
-        Some(b"http/1.1") => Protocol::Http1,
-        _ => Protocol::Detect,
+        Some(b"h2") => Protocol::Detect,
+        _ => Protocol::Http1,
     };
     serve_http(shared, stream, peer, true, protocol, stopped, accepted).await;
 }
@@ -685,15 +686,43 @@ async fn tls_connection(
 /// is that of its largest state, and HTTP/1.1 connections, the many idle ones, should not pay for HTTP/2's.
 async fn serve_http<I>(
     shared: &Shared,
-    io: I,
+    mut io: I,
     peer: SocketAddr,
     tls: bool,
     protocol: Protocol,
-    stopped: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
     accepted: Instant,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = &shared.config;
+    // The first request head is read whole, into a buffer the size of what arrived, before hyper takes the
+    // connection: hyper's read buffer grows from 8KiB to 16KiB when a head takes more than one read, so every
+    // slow (or slowloris) client would hold 16KiB plus hyper's 8KiB write buffer for a few bytes.
+    let (protocol, head) = match protocol {
+        Protocol::Detect => (Protocol::Detect, Vec::new()),
+        Protocol::Http1 => {
+            let read = tokio::time::timeout_at(
+                accepted + limits.header_read_timeout,
+                read_head(&mut io, h1_buffer(limits)),
+            );
+            let head = tokio::select! {
+                head = read => head,
+                _ = stopped.wait_for(|stop| *stop) => return,
+            };
+            match head {
+                Ok(Ok(head)) => (Protocol::sniff(&head), head),
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "connection closed before a request head");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no request head within header_read_timeout; closing");
+                    return;
+                }
+            }
+        }
+    };
     let activity = Arc::new(Activity::new(accepted));
     let service = ConnectionService {
         router: shared.router.clone(),
@@ -701,8 +730,7 @@ async fn serve_http<I>(
         tls,
         activity: activity.clone(),
     };
-    let io = TokioIo::new(io);
-    let limits = &shared.config;
+    let io = TokioIo::new(Prefixed::new(head, io));
     match protocol {
         Protocol::Http1 => {
             Box::pin(supervise(
@@ -728,6 +756,95 @@ async fn serve_http<I>(
             ))
             .await;
         }
+    }
+}
+
+/// Reads what a client sends first, until the end of a request head (a blank line), the whole HTTP/2 preface, or
+/// `max` bytes (hyper then answers 431), into a buffer that starts at 512 bytes and doubles. An error at EOF.
+async fn read_head<I: AsyncRead + Unpin>(io: &mut I, max: usize) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(max.min(512));
+    loop {
+        if head.len() == head.capacity() {
+            head.reserve_exact(head.len().min(max - head.len()));
+        }
+        if io.read_buf(&mut head).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if head.len() >= max || head.starts_with(H2_PREFACE) || head_is_complete(&head) {
+            return Ok(head);
+        }
+    }
+}
+
+/// Whether `bytes` hold an HTTP/1 request head up to its blank line (lines end in CRLF, or LF alone).
+fn head_is_complete(bytes: &[u8]) -> bool {
+    bytes
+        .windows(2)
+        .enumerate()
+        .any(|(at, pair)| pair == b"\n\n" || (pair == b"\n\r" && bytes.get(at + 2) == Some(&b'\n')))
+}
+
+/// An IO that reads `prefix` (bytes already read from `io`) before `io` itself; the prefix is freed once read.
+struct Prefixed<I> {
+    prefix: Vec<u8>,
+    at: usize,
+    io: I,
+}
+
+impl<I> Prefixed<I> {
+    fn new(prefix: Vec<u8>, io: I) -> Self {
+        Self { prefix, at: 0, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.at);
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
