@@ -12,9 +12,9 @@
 //!        ─► HTTP/2 (first bytes may be its preface, or ALPN h2): hyper-util auto (stream cap, pings)
 //!           HTTP/1.x: loop { read the request head whole (header_read_timeout)
 //!                            ─► hyper's http1 (max_header_bytes) serves it and what follows
-//!                            ─► idle for PARK_AFTER between bodiless requests: park (hyper's state dropped),
-//!                               wait for the next request; the next head is due header_read_timeout after
-//!                               the last response }
+//!                            ─► idle between bodiless requests, the last response sent: park (hyper's state
+//!                               dropped), wait for the next request; the next head is due header_read_timeout
+//!                               after the last response }
 //!        ─► watchdog: first request within header_read_timeout, then idle_timeout between requests,
 //!                     shutdown: finish in-flight responses (the accept loop cuts them at shutdown_grace)
 //! ```
@@ -62,7 +62,7 @@ use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
@@ -761,11 +761,11 @@ impl Connection<'_> {
 
     /// HTTP/1.x: each request head is read whole, into a buffer the size of what arrived, before hyper gets it
     /// (hyper's read buffer grows from 8KiB to 16KiB when a head takes more than one read, so every slow or
-    /// slowloris client would hold 16KiB plus hyper's 8KiB write buffer for a few bytes). A connection idle for
-    /// [`PARK_AFTER`] between bodiless requests is *parked*: hyper's connection (its buffers and state) is
-    /// dropped, the socket waits for the next request on its own, and a new hyper connection takes it then. The
-    /// next head must still arrive within `header_read_timeout` of the last response, as with hyper's own
-    /// keep-alive timer.
+    /// slowloris client would hold 16KiB plus hyper's 8KiB write buffer for a few bytes). A connection that goes
+    /// idle between bodiless requests, its last response handed to the socket, is *parked*: hyper's connection
+    /// (its buffers and state) is dropped, the socket waits for the next request on its own, and a new hyper
+    /// connection takes it then. The next head must still arrive within `header_read_timeout` of the last
+    /// response, as with hyper's own keep-alive timer.
     async fn serve_http1<I>(mut self, mut io: I, accepted: Instant)
     where
         I: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
@@ -830,8 +830,9 @@ impl Connection<'_> {
     }
 }
 
-/// An HTTP/1.1 connection idle this long between requests is parked (see [`Connection::serve_http1`]).
-const PARK_AFTER: Duration = Duration::from_secs(1);
+/// An idle HTTP/1.1 connection is parked as soon as its last response is written (see
+/// [`Connection::serve_http1`]); one whose socket was not taking the last bytes is looked at again this often.
+const PARK_RECHECK: Duration = Duration::from_secs(1);
 
 /// What [`supervise`] drives: a hyper connection.
 trait Serving {
@@ -1039,7 +1040,7 @@ async fn supervise<C: Serving>(
     // the earliest of the bounds; each time it fires, the real deadline is worked out from the activity.
     let mut first_check = limits.header_read_timeout.min(limits.idle_timeout);
     if park {
-        first_check = first_check.min(PARK_AFTER);
+        first_check = first_check.min(PARK_RECHECK);
     }
     let watchdog = tokio::time::sleep_until(since + first_check);
     tokio::pin!(watchdog);
@@ -1062,6 +1063,14 @@ async fn supervise<C: Serving>(
                 conn.graceful_shutdown();
                 closing = Closing::Shutdown;
             }
+            // The last request's response is done: park now if nothing is left to send.
+            () = activity.idle.notified(), if park && closing == Closing::No => {
+                if activity.parkable_since().is_some() {
+                    conn.graceful_shutdown();
+                    closing = Closing::Park;
+                    watchdog.as_mut().reset(Instant::now() + limits.header_read_timeout);
+                }
+            }
             () = &mut watchdog, if closing != Closing::Shutdown => {
                 let now = Instant::now();
                 let deadline = activity.idle_deadline(limits.header_read_timeout, limits.idle_timeout);
@@ -1074,9 +1083,9 @@ async fn supervise<C: Serving>(
                     tracing::debug!(%peer, "idle connection did not close in time; dropping it");
                     return (Ended::Closed, conn);
                 }
-                // While it may be parked, the connection is looked at every PARK_AFTER.
-                let recheck = now + if park { PARK_AFTER } else { limits.idle_timeout };
-                let park_at = activity.parkable_since().filter(|_| park).map(|since| since + PARK_AFTER);
+                // While it may be parked, the connection is looked at every PARK_RECHECK.
+                let recheck = now + if park { PARK_RECHECK } else { limits.idle_timeout };
+                let park_at = activity.parkable_since().filter(|_| park);
                 match deadline {
                     _ if park_at.is_some_and(|at| at <= now) => {
                         conn.graceful_shutdown();
@@ -1104,6 +1113,8 @@ struct Activity {
     state: Mutex<ActivityState>,
     /// The last write to the socket could not complete (hyper holds unsent bytes).
     write_blocked: AtomicBool,
+    /// Notified when the last request in flight is done.
+    idle: Notify,
 }
 
 #[derive(Debug)]
@@ -1126,6 +1137,7 @@ impl Activity {
                 had_body: false,
             }),
             write_blocked: AtomicBool::new(false),
+            idle: Notify::new(),
         }
     }
 
@@ -1190,6 +1202,8 @@ impl Drop for RequestGuard {
         state.served_any = true;
         if state.in_flight == 0 {
             state.idle_since = Instant::now();
+            drop(state);
+            self.0.idle.notify_one();
         }
     }
 }
@@ -1602,7 +1616,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_http1_connection_is_parked_then_served_again() {
         let config = ListenerConfig {
-            header_read_timeout: PARK_AFTER * 3,
+            header_read_timeout: Duration::from_secs(2),
             ..ListenerConfig::default()
         };
         let router = Router::new().route("/hello", axum::routing::get(|| async { "hello" }));
@@ -1621,7 +1635,7 @@ mod tests {
                 .await
                 .starts_with("HTTP/1.1 200")
         );
-        tokio::time::sleep(PARK_AFTER * 2).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         // Parked by now. The next head in two pieces, then two pipelined requests in one write.
         stream.write_all(&request[..8]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1631,7 +1645,7 @@ mod tests {
                 .await
                 .starts_with("HTTP/1.1 200")
         );
-        tokio::time::sleep(PARK_AFTER * 2).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let asked = Instant::now();
         stream
             .write_all(&[&request[..], &request[..]].concat())
@@ -1645,7 +1659,7 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
         assert!(matches!(closed, Ok(Ok(0))), "not closed: {closed:?}");
         assert!(asked.elapsed() >= config.header_read_timeout);
-        assert!(asked.elapsed() < config.header_read_timeout + PARK_AFTER * 2);
+        assert!(asked.elapsed() < config.header_read_timeout + PARK_RECHECK * 2);
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     }
