@@ -1664,6 +1664,45 @@ mod tests {
         server.await.unwrap().unwrap();
     }
 
+    /// Over TLS (ALPN http/1.1) too: a keep-alive client's second request, after its connection was parked,
+    /// comes on the same connection (same client port).
+    #[tokio::test]
+    async fn a_parked_tls_connection_serves_the_next_request() {
+        let (cert, key, _) = generate();
+        let files = files(cert.as_bytes(), key.as_bytes());
+        let config = ListenerConfig {
+            tls: Some(files.paths.clone()),
+            ..ListenerConfig::default()
+        };
+        let router = Router::new().route(
+            "/peer",
+            axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                peer.to_string()
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router, config, async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(cert.as_bytes()).unwrap()])
+            .resolve("localhost", addr)
+            .http1_only()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let url = format!("https://localhost:{}/peer", addr.port());
+        let ask = || async { client.get(&url).send().await.unwrap().text().await.unwrap() };
+        let first = ask().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(ask().await, first, "not the same connection");
+        drop(client);
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn a_stalled_write_fails_after_send_timeout() {
         let timeout = Duration::from_millis(200);
