@@ -774,6 +774,7 @@ impl Connection<'_> {
         let activity = self.service.activity.clone();
         let mut head = Vec::new();
         let mut head_by = accepted + limits.header_read_timeout;
+        let mut first = true;
         loop {
             let read = async {
                 if head.is_empty() {
@@ -796,8 +797,8 @@ impl Connection<'_> {
                     return;
                 }
             };
-            // TLS without ALPN may still carry HTTP/2 prior knowledge.
-            if Protocol::sniff(&head) == Protocol::Detect {
+            // TLS without ALPN may still carry HTTP/2 prior knowledge (in its first bytes only).
+            if first && Protocol::sniff(&head) == Protocol::Detect {
                 return self.serve_auto(io, head, accepted).await;
             }
             let prefixed = Prefixed::new(head, io, activity.clone());
@@ -826,6 +827,7 @@ impl Connection<'_> {
             // What hyper had read of the next request, if anything (it stops reading when told to close).
             head = [&parts.read_buf[..], &rest[..]].concat();
             head_by = activity.idle_since() + limits.header_read_timeout;
+            first = false;
         }
     }
 }
