@@ -6,12 +6,31 @@
 //!
 //! ```text
 //! accept ─► at max_connections? close at once
-//!        ─► TCP_NODELAY, send_timeout guard on the socket
+//!        ─► TCP_NODELAY; wait for the client's first bytes (header_read_timeout) before anything else exists
+//!        ─► send_timeout guard on the socket
 //!        ─► TLS handshake (bounded by header_read_timeout), ALPN h2 / http/1.1
-//!        ─► hyper-util auto: HTTP/1.1 (header_read_timeout, max_header_bytes) or HTTP/2 (stream cap, pings)
+//!        ─► HTTP/2 (first bytes may be its preface, or ALPN h2): hyper-util auto (stream cap, pings)
+//!           HTTP/1.x: loop { read the request head whole (header_read_timeout)
+//!                            ─► hyper's http1 (max_header_bytes) serves it and what follows
+//!                            ─► idle between bodiless requests, the last response sent: park (hyper's state
+//!                               dropped), wait for the next request; the next head is due header_read_timeout
+//!                               after the last response }
 //!        ─► watchdog: first request within header_read_timeout, then idle_timeout between requests,
 //!                     shutdown: finish in-flight responses (the accept loop cuts them at shutdown_grace)
 //! ```
+//!
+//! Memory per open connection (what bounds RSS with thousands of idle viewers; see benches/memory/README.md):
+//!
+//! - before its first bytes, and while parked, a connection is its socket and its task (about 1.5KiB): the
+//!   state of a connection being served is boxed apart, by protocol, so that idle connections do not carry it;
+//! - while hyper serves HTTP/1.1, its read and write buffers (8KiB each) and state (about 2KiB). Idle keep-alive
+//!   viewers are the many connections, hence parking: hyper cannot shrink or drop its buffers while it holds a
+//!   connection, so the listener takes the connection back from it (`poll_without_shutdown`, `into_parts`)
+//!   once it is idle with nothing left to send;
+//! - the request head is read before hyper sees it, into a buffer the size of what arrived: hyper grows its read
+//!   buffer to 16KiB when a head takes more than one read, which slow and slowloris clients would otherwise cost;
+//!   for the same reason HTTP/1.1 does not go through hyper-util's auto builder, which reads the first bytes
+//!   to tell the protocol and hands them back through a `Rewind`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,6 +38,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
@@ -30,6 +50,7 @@ use axum::http::{Request, Response};
 use bytes::Bytes;
 use bytesize::ByteSize;
 use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
@@ -39,9 +60,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
@@ -70,8 +91,8 @@ pub struct ListenerConfig {
     /// Serve TLS (ALPN `h2`, `http/1.1`) with this certificate; `None`: plain HTTP/1.1 and h2c.
     pub tls: Option<TlsPaths>,
     /// A connection must complete its TLS handshake and first request head within this, and an HTTP/1.1 request
-    /// head must arrive within it (slowloris). hyper's HTTP/1.1 timer also runs while a kept-alive connection
-    /// waits for its next request, so it bounds HTTP/1.1 keep-alive too.
+    /// head must arrive within it (slowloris). An HTTP/1.1 keep-alive connection's next request head is due within
+    /// it of the last response, so it also bounds how long HTTP/1.1 keep-alive lasts.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Request line plus headers (HTTP/1.1: answered with 431), or the header list of an HTTP/2 request. HTTP/1.1
@@ -394,6 +415,7 @@ impl Server {
             .clone()
             .map(|tls| AbortOnDrop(tokio::spawn(tls.watch())));
         let shared = Arc::new(Shared {
+            http1: http1_builder(&config),
             builder: http_builder(&config),
             router,
             tls: tls.map(|tls| TlsAcceptor::from(tls.server_config())),
@@ -476,16 +498,33 @@ pub async fn serve(
     server.serve(listener, router, shutdown).await
 }
 
+/// hyper-util's HTTP/1 builder has no separate header limit: the read buffer bounds the request head (431 when
+/// full). Responses are not limited by it: body chunks are queued, not copied, into the write buffer.
+fn h1_buffer(config: &ListenerConfig) -> usize {
+    usize::try_from(config.max_header_bytes.as_u64())
+        .unwrap_or(usize::MAX)
+        .max(MIN_H1_BUFFER)
+}
+
+/// HTTP/1.1 when the protocol is known (the first bytes are not the HTTP/2 preface, or ALPN said http/1.1).
+fn http1_builder(config: &ListenerConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(h1_buffer(config));
+    builder
+}
+
+/// Either protocol, told apart by the HTTP/2 preface: h2c by prior knowledge, TLS with ALPN h2 or none.
 fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let header_bytes = usize::try_from(config.max_header_bytes.as_u64()).unwrap_or(usize::MAX);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper-util's HTTP/1 builder has no separate header limit: the read buffer bounds the request head (431 when
-    // full). Responses are not limited by it: body chunks are queued, not copied, into the write buffer.
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(header_bytes.max(MIN_H1_BUFFER));
+        .max_buf_size(h1_buffer(config));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -497,6 +536,7 @@ fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
 }
 
 struct Shared {
+    http1: http1::Builder,
     builder: auto::Builder<TokioExecutor>,
     router: Router,
     tls: Option<TlsAcceptor>,
@@ -549,6 +589,31 @@ fn is_connection_error(error: &io::Error) -> bool {
     )
 }
 
+/// The HTTP/2 client connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Which hyper connection serves a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// HTTP/1.x (first bytes, ALPN `http/1.1`, or TLS without ALPN until its first bytes say otherwise): the
+    /// request head is read whole, then hyper's http1 serves the connection.
+    Http1,
+    /// HTTP/2, or what may be its preface: hyper-util's auto, which reads the preface.
+    Detect,
+}
+
+impl Protocol {
+    /// From the first bytes a plain-TCP client sent (at least one): anything that is not the start of the HTTP/2
+    /// preface is HTTP/1.x.
+    fn sniff(first: &[u8]) -> Self {
+        if H2_PREFACE.starts_with(first) {
+            Protocol::Detect
+        } else {
+            Protocol::Http1
+        }
+    }
+}
+
 async fn connection(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -557,11 +622,52 @@ async fn connection(
     _slot: OwnedSemaphorePermit,
 ) {
     let accepted = Instant::now();
+    // Nothing is set up until the client's first bytes arrive (peeked, left in the socket): until then a connection
+    // is its socket and this small task, and one that says nothing is dropped at header_read_timeout.
+    let mut first = [0; H2_PREFACE.len()];
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout_at(
+            accepted + shared.config.header_read_timeout,
+            stream.peek(&mut first),
+        ) => peeked,
+        _ = stopped.wait_for(|stop| *stop) => return,
+    };
+    let first = match peeked {
+        Ok(Ok(0)) => return,
+        Ok(Ok(n)) => &first[..n],
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "connection failed before its first byte");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no byte within header_read_timeout; closing");
+            return;
+        }
+    };
     // Below TLS, so that a stalled TLS write is caught too.
     let stream = SendTimeout::new(stream, shared.config.send_timeout);
-    let Some(acceptor) = &shared.tls else {
-        return drive(&shared, stream, peer, false, stopped, accepted).await;
-    };
+    match &shared.tls {
+        None => {
+            let protocol = Protocol::sniff(first);
+            serve_http(&shared, stream, peer, false, protocol, stopped, accepted).await;
+        }
+        Some(acceptor) => {
+            Box::pin(tls_connection(
+                &shared, acceptor, stream, peer, stopped, accepted,
+            ))
+            .await;
+        }
+    }
+}
+
+async fn tls_connection(
+    shared: &Shared,
+    acceptor: &TlsAcceptor,
+    stream: SendTimeout<TcpStream>,
+    peer: SocketAddr,
+    mut stopped: watch::Receiver<bool>,
+    accepted: Instant,
+) {
     let handshake = tokio::time::timeout_at(
         accepted + shared.config.header_read_timeout,
         acceptor.accept(stream),
@@ -580,7 +686,324 @@ async fn connection(
         },
         _ = stopped.wait_for(|stop| *stop) => return,
     };
-    drive(&shared, stream, peer, true, stopped, accepted).await
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Detect,
+        _ => Protocol::Http1,
+    };
+    serve_http(shared, stream, peer, true, protocol, stopped, accepted).await;
+}
+
+/// Serves one connection. HTTP/2 (or its possible preface) goes to hyper-util's auto builder, boxed: a task's
+/// size is that of its largest state, and HTTP/1.1 connections, the many idle ones, should not pay for HTTP/2's.
+/// HTTP/1.x is served request head by request head (see [`serve_http1`]).
+async fn serve_http<I>(
+    shared: &Shared,
+    io: I,
+    peer: SocketAddr,
+    tls: bool,
+    protocol: Protocol,
+    stopped: watch::Receiver<bool>,
+    accepted: Instant,
+) where
+    I: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new(accepted));
+    let service = ConnectionService {
+        router: shared.router.clone(),
+        peer,
+        tls,
+        activity: activity.clone(),
+    };
+    let conn = Connection {
+        shared,
+        service,
+        peer,
+        stopped,
+    };
+    match protocol {
+        Protocol::Detect => conn.serve_auto(io, Vec::new(), accepted).await,
+        Protocol::Http1 => conn.serve_http1(io, accepted).await,
+    }
+}
+
+/// One connection's share of the listener.
+struct Connection<'a> {
+    shared: &'a Shared,
+    service: ConnectionService,
+    peer: SocketAddr,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Connection<'_> {
+    async fn serve_auto<I>(mut self, io: I, head: Vec<u8>, since: Instant)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = self.service.activity.clone();
+        let io = TokioIo::new(Prefixed::new(head, io, activity.clone()));
+        let conn = Box::pin(
+            self.shared
+                .builder
+                .serve_connection(io, self.service.clone()),
+        );
+        // hyper-util's auto connection shuts the socket down itself when done.
+        let _ = Box::pin(supervise(
+            conn,
+            false,
+            &self.shared.config,
+            &activity,
+            self.peer,
+            &mut self.stopped,
+            since,
+        ))
+        .await;
+    }
+
+    /// HTTP/1.x: each request head is read whole, into a buffer the size of what arrived, before hyper gets it
+    /// (hyper's read buffer grows from 8KiB to 16KiB when a head takes more than one read, so every slow or
+    /// slowloris client would hold 16KiB plus hyper's 8KiB write buffer for a few bytes). A connection that goes
+    /// idle between bodiless requests, its last response handed to the socket, is *parked*: hyper's connection
+    /// (its buffers and state) is dropped, the socket waits for the next request on its own, and a new hyper
+    /// connection takes it then. The next head must still arrive within `header_read_timeout` of the last
+    /// response, as with hyper's own keep-alive timer.
+    async fn serve_http1<I>(mut self, mut io: I, accepted: Instant)
+    where
+        I: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
+    {
+        let limits = &self.shared.config;
+        let activity = self.service.activity.clone();
+        let mut head = Vec::new();
+        let mut head_by = accepted + limits.header_read_timeout;
+        let mut first = true;
+        loop {
+            let read = async {
+                if head.is_empty() {
+                    io.readable().await?;
+                }
+                read_head(&mut io, std::mem::take(&mut head), h1_buffer(limits)).await
+            };
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(head_by, read) => read,
+                _ = self.stopped.wait_for(|stop| *stop) => return,
+            };
+            head = match read {
+                Ok(Ok(head)) => head,
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = %self.peer, %error, "connection closed before a request head");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %self.peer, "no request head within header_read_timeout; closing");
+                    return;
+                }
+            };
+            // TLS without ALPN may still carry HTTP/2 prior knowledge (in its first bytes only).
+            if first && Protocol::sniff(&head) == Protocol::Detect {
+                return self.serve_auto(io, head, accepted).await;
+            }
+            let prefixed = Prefixed::new(head, io, activity.clone());
+            let conn = self
+                .shared
+                .http1
+                .serve_connection(TokioIo::new(prefixed), self.service.clone());
+            let (ended, conn) = Box::pin(supervise(
+                conn,
+                true,
+                limits,
+                &activity,
+                self.peer,
+                &mut self.stopped,
+                Instant::now(),
+            ))
+            .await;
+            let parts = conn.into_parts();
+            let (rest, inner) = parts.io.into_inner().into_parts();
+            io = inner;
+            if ended == Ended::Closed {
+                // hyper was told not to shut the socket down (so that a parked one stays open): done here.
+                let _ = io.shutdown().await;
+                return;
+            }
+            // What hyper had read of the next request, if anything (it stops reading when told to close).
+            head = [&parts.read_buf[..], &rest[..]].concat();
+            head_by = activity.idle_since() + limits.header_read_timeout;
+            first = false;
+        }
+    }
+}
+
+/// An idle HTTP/1.1 connection is parked as soon as its last response is written (see
+/// [`Connection::serve_http1`]); one whose socket was not taking the last bytes is looked at again this often.
+const PARK_RECHECK: Duration = Duration::from_secs(1);
+
+/// What [`supervise`] drives: a hyper connection.
+trait Serving {
+    /// Polls the connection to completion. HTTP/1.1 leaves the socket open (the caller closes or parks it).
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>;
+    /// Finish in-flight requests and take no more; an idle HTTP/1.1 connection is done at once.
+    fn graceful_shutdown(&mut self);
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<I> Serving for http1::Connection<TokioIo<Prefixed<I>>, ConnectionService>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.poll_without_shutdown(cx).map_err(Into::into)
+    }
+
+    fn graceful_shutdown(&mut self) {
+        Pin::new(self).graceful_shutdown();
+    }
+}
+
+impl<I> Serving
+    for Pin<Box<auto::Connection<'_, TokioIo<Prefixed<I>>, ConnectionService, TokioExecutor>>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.as_mut().poll(cx)
+    }
+
+    fn graceful_shutdown(&mut self) {
+        self.as_mut().graceful_shutdown();
+    }
+}
+
+/// Waits until a connection has bytes to read (or is closed) without reading them or allocating: what a parked
+/// connection (see [`Connection::serve_http1`]) costs while it waits.
+trait WaitReadable {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl WaitReadable for SendTimeout<TcpStream> {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.io.readable()
+    }
+}
+
+/// TLS: the socket may be readable with nothing for the application, or rustls may hold data already: reading
+/// is the only way to know (its buffer is allocated then).
+impl<I> WaitReadable for tokio_rustls::server::TlsStream<I> {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Reads until the end of a request head (a blank line), the whole HTTP/2 preface, or `max` bytes (hyper then
+/// answers 431), after `head` (bytes already read), into a buffer that starts at 512 bytes and doubles. An error
+/// at EOF.
+async fn read_head<I: AsyncRead + Unpin>(
+    io: &mut I,
+    mut head: Vec<u8>,
+    max: usize,
+) -> io::Result<Vec<u8>> {
+    while head.len() < max && !head.starts_with(H2_PREFACE) && !head_is_complete(&head) {
+        if head.len() == head.capacity() {
+            head.reserve_exact(head.len().max(512).min(max - head.len()));
+        }
+        if io.read_buf(&mut head).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(head)
+}
+
+/// Whether `bytes` hold an HTTP/1 request head up to its blank line (lines end in CRLF, or LF alone).
+fn head_is_complete(bytes: &[u8]) -> bool {
+    bytes
+        .windows(2)
+        .enumerate()
+        .any(|(at, pair)| pair == b"\n\n" || (pair == b"\n\r" && bytes.get(at + 2) == Some(&b'\n')))
+}
+
+/// The connection IO as hyper sees it: reads `prefix` (bytes already read from `io`, freed once read) before
+/// `io` itself, and notes in the connection's [`Activity`] whether the last write was blocked (a connection
+/// with unsent bytes in hyper's buffer must not be parked).
+struct Prefixed<I> {
+    prefix: Vec<u8>,
+    at: usize,
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I> Prefixed<I> {
+    fn new(prefix: Vec<u8>, io: I, activity: Arc<Activity>) -> Self {
+        Self {
+            prefix,
+            at: 0,
+            io,
+            activity,
+        }
+    }
+
+    /// The part of the prefix not read yet, and the IO.
+    fn into_parts(mut self) -> (Vec<u8>, I) {
+        self.prefix.drain(..self.at);
+        (self.prefix, self.io)
+    }
+
+    fn note<T>(&self, poll: Poll<T>) -> Poll<T> {
+        self.activity.write_blocked(poll.is_pending());
+        poll
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.at);
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note(poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.note(poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.note(poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Why a connection is being closed gracefully.
@@ -589,68 +1012,94 @@ enum Closing {
     No,
     /// Idle (or never sent a request): given another `header_read_timeout` to close, then dropped.
     Idle,
+    /// Idle HTTP/1.1 between requests: hyper's connection ends at once, the socket stays open.
+    Park,
     /// Server shutdown: in-flight responses finish; the accept loop enforces `shutdown_grace`.
     Shutdown,
 }
 
-/// Serves one connection, and closes it when it idles or the server stops.
-async fn drive<I>(
-    shared: &Shared,
-    io: I,
+/// How [`supervise`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Closed,
+    /// Ended by parking: the socket is open and between requests.
+    Parked,
+}
+
+/// Drives a hyper connection, and ends it when it idles or the server stops (`graceful_shutdown`). With `park`
+/// (HTTP/1.1), an idle connection is ended early for its socket to be parked. Returns the connection, whose
+/// socket is still open when it was parked.
+async fn supervise<C: Serving>(
+    mut conn: C,
+    park: bool,
+    limits: &ListenerConfig,
+    activity: &Activity,
     peer: SocketAddr,
-    tls: bool,
-    mut stopped: watch::Receiver<bool>,
-    accepted: Instant,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let limits = &shared.config;
-    let activity = Arc::new(Activity::new(accepted));
-    let service = ConnectionService {
-        router: shared.router.clone(),
-        peer,
-        tls,
-        activity: activity.clone(),
-    };
-    let conn = shared.builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    stopped: &mut watch::Receiver<bool>,
+    since: Instant,
+) -> (Ended, C) {
     // hyper has no idle bound for HTTP/2, nor before it knows the protocol: this timer is it. It first fires at
-    // the earlier of the two bounds; each time it fires, the real deadline is worked out from the activity.
-    let first_check = limits.header_read_timeout.min(limits.idle_timeout);
-    let watchdog = tokio::time::sleep_until(accepted + first_check);
+    // the earliest of the bounds; each time it fires, the real deadline is worked out from the activity.
+    let mut first_check = limits.header_read_timeout.min(limits.idle_timeout);
+    if park {
+        first_check = first_check.min(PARK_RECHECK);
+    }
+    let watchdog = tokio::time::sleep_until(since + first_check);
     tokio::pin!(watchdog);
     let mut closing = Closing::No;
     loop {
         tokio::select! {
             // The connection first: bytes already received are served before any deadline is looked at.
             biased;
-            result = conn.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%peer, %error, "connection closed with an error");
-                }
-                return;
+            result = std::future::poll_fn(|cx| conn.poll_serve(cx)) => {
+                return match result {
+                    Ok(()) if closing == Closing::Park => (Ended::Parked, conn),
+                    Ok(()) => (Ended::Closed, conn),
+                    Err(error) => {
+                        tracing::debug!(%peer, %error, "connection closed with an error");
+                        (Ended::Closed, conn)
+                    }
+                };
             }
             _ = stopped.wait_for(|stop| *stop), if closing == Closing::No => {
-                conn.as_mut().graceful_shutdown();
+                conn.graceful_shutdown();
                 closing = Closing::Shutdown;
+            }
+            // The last request's response is done: park now if nothing is left to send.
+            () = activity.idle.notified(), if park && closing == Closing::No => {
+                if activity.parkable_since().is_some() {
+                    conn.graceful_shutdown();
+                    closing = Closing::Park;
+                    watchdog.as_mut().reset(Instant::now() + limits.header_read_timeout);
+                }
             }
             () = &mut watchdog, if closing != Closing::Shutdown => {
                 let now = Instant::now();
                 let deadline = activity.idle_deadline(limits.header_read_timeout, limits.idle_timeout);
-                if closing == Closing::Idle {
+                if closing != Closing::No {
                     // A request that crossed the GOAWAY is served; a half-sent one is not waited for.
                     if deadline.is_none() {
                         watchdog.as_mut().reset(now + limits.header_read_timeout);
                         continue;
                     }
                     tracing::debug!(%peer, "idle connection did not close in time; dropping it");
-                    return;
+                    return (Ended::Closed, conn);
                 }
+                // While it may be parked, the connection is looked at every PARK_RECHECK.
+                let recheck = now + if park { PARK_RECHECK } else { limits.idle_timeout };
+                let park_at = activity.parkable_since().filter(|_| park);
                 match deadline {
-                    None => watchdog.as_mut().reset(now + limits.idle_timeout),
-                    Some(deadline) if deadline > now => watchdog.as_mut().reset(deadline),
+                    _ if park_at.is_some_and(|at| at <= now) => {
+                        conn.graceful_shutdown();
+                        closing = Closing::Park;
+                        watchdog.as_mut().reset(now + limits.header_read_timeout);
+                    }
+                    None => watchdog.as_mut().reset(recheck),
+                    Some(deadline) if deadline > now => {
+                        watchdog.as_mut().reset(deadline.min(park_at.unwrap_or(recheck)));
+                    }
                     Some(_) => {
-                        conn.as_mut().graceful_shutdown();
+                        conn.graceful_shutdown();
                         closing = Closing::Idle;
                         watchdog.as_mut().reset(now + limits.header_read_timeout);
                     }
@@ -660,33 +1109,57 @@ async fn drive<I>(
     }
 }
 
-/// Requests in flight on a connection, and since when it has had none.
+/// Requests in flight on a connection, since when it has had none, and what says it cannot be parked.
 #[derive(Debug)]
-struct Activity(Mutex<ActivityState>);
+struct Activity {
+    state: Mutex<ActivityState>,
+    /// The last write to the socket could not complete (hyper holds unsent bytes).
+    write_blocked: AtomicBool,
+    /// Notified when the last request in flight is done.
+    idle: Notify,
+}
 
 #[derive(Debug)]
 struct ActivityState {
     in_flight: usize,
     idle_since: Instant,
     served_any: bool,
+    /// A request had a body: hyper, not this listener, knows whether it was read to its end, so such a
+    /// connection is never parked.
+    had_body: bool,
 }
 
 impl Activity {
     fn new(accepted: Instant) -> Self {
-        Self(Mutex::new(ActivityState {
-            in_flight: 0,
-            idle_since: accepted,
-            served_any: false,
-        }))
+        Self {
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                idle_since: accepted,
+                served_any: false,
+                had_body: false,
+            }),
+            write_blocked: AtomicBool::new(false),
+            idle: Notify::new(),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn begin(self: &Arc<Self>) -> RequestGuard {
-        self.state().in_flight += 1;
+    fn begin(self: &Arc<Self>, has_body: bool) -> RequestGuard {
+        let mut state = self.state();
+        state.in_flight += 1;
+        state.had_body |= has_body;
         RequestGuard(self.clone())
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.state().idle_since
+    }
+
+    fn write_blocked(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Relaxed);
     }
 
     /// When the connection will have idled too long; `None` while a request is in flight. Before the first
@@ -707,6 +1180,17 @@ impl Activity {
                 }
         })
     }
+
+    /// Since when the connection could be parked: between requests, all of them bodiless, with every byte of
+    /// the last response handed to the socket.
+    fn parkable_since(&self) -> Option<Instant> {
+        let state = self.state();
+        let parkable = state.in_flight == 0
+            && state.served_any
+            && !state.had_body
+            && !self.write_blocked.load(Ordering::Relaxed);
+        parkable.then_some(state.idle_since)
+    }
 }
 
 /// Counts one request from its head to the end (or abandonment) of its response body.
@@ -720,6 +1204,8 @@ impl Drop for RequestGuard {
         state.served_any = true;
         if state.in_flight == 0 {
             state.idle_since = Instant::now();
+            drop(state);
+            self.0.idle.notify_one();
         }
     }
 }
@@ -740,7 +1226,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let guard = self.activity.begin();
+        let guard = self
+            .activity
+            .begin(!hyper::body::Body::is_end_stream(request.body()));
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(self.peer));
         if self.tls {
@@ -867,7 +1355,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for SendTimeout<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     struct Files {
         _dir: tempfile::TempDir,
@@ -986,8 +1474,8 @@ mod tests {
         let (first, between) = (Duration::from_secs(1), Duration::from_secs(60));
         let activity = Arc::new(Activity::new(start));
         assert_eq!(activity.idle_deadline(first, between), Some(start + first));
-        let one = activity.begin();
-        let two = activity.begin();
+        let one = activity.begin(false);
+        let two = activity.begin(false);
         assert_eq!(activity.idle_deadline(first, between), None);
         drop(one);
         assert_eq!(activity.idle_deadline(first, between), None);
@@ -1042,6 +1530,179 @@ mod tests {
             assert!(error.to_string().contains("key_path"), "{error}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn first_bytes_tell_http1_from_a_possible_http2_preface() {
+        assert_eq!(Protocol::sniff(b"GET / HTTP/1.1\r\n"), Protocol::Http1);
+        assert_eq!(Protocol::sniff(b"G"), Protocol::Http1);
+        assert_eq!(
+            Protocol::sniff(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Protocol::Detect
+        );
+        // Not all of the preface yet: hyper-util's auto reads the rest and decides.
+        assert_eq!(Protocol::sniff(b"PRI"), Protocol::Detect);
+        assert_eq!(Protocol::sniff(b"PRI /x HTTP/1.1"), Protocol::Http1);
+    }
+
+    /// What an open connection costs before it speaks, or while it is parked, is its task: the states of a
+    /// connection being served are boxed (see the module doc). Sizes printed with `--nocapture`.
+    #[tokio::test]
+    async fn a_connection_task_is_small_while_it_says_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let config = ListenerConfig::default();
+        let shared = Arc::new(Shared {
+            http1: http1_builder(&config),
+            builder: http_builder(&config),
+            router: Router::new(),
+            tls: None,
+            config,
+        });
+        let (_stop, stopped) = watch::channel(false);
+        let service = ConnectionService {
+            router: shared.router.clone(),
+            peer,
+            tls: false,
+            activity: Arc::new(Activity::new(Instant::now())),
+        };
+        let io = || {
+            let io = SendTimeout::new(tokio::io::empty(), Duration::ZERO);
+            TokioIo::new(Prefixed::new(Vec::new(), io, service.activity.clone()))
+        };
+        let mut stopped_too = stopped.clone();
+        let h1 = supervise(
+            shared.http1.serve_connection(io(), service.clone()),
+            true,
+            &shared.config,
+            &service.activity,
+            peer,
+            &mut stopped_too,
+            Instant::now(),
+        );
+        let h1 = std::mem::size_of_val(&h1);
+        let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let task = connection(shared.clone(), stream, peer, stopped, slot);
+        let task = std::mem::size_of_val(&task);
+        println!("connection task {task} B (parked: the same); boxed HTTP/1.1 state {h1} B");
+        assert!(task <= 2048, "connection task: {task} bytes");
+    }
+
+    /// Reads until `count` responses ending in `hello` arrived, or the connection closed.
+    async fn read_hellos(stream: &mut TcpStream, count: usize) -> String {
+        let mut received = Vec::new();
+        let mut chunk = [0; 1024];
+        while String::from_utf8_lossy(&received)
+            .matches("\r\n\r\nhello")
+            .count()
+            < count
+        {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+                .await
+                .expect("no response")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&received).into_owned()
+    }
+
+    /// An HTTP/1.1 connection idle between requests is parked (hyper's state dropped) and served again when
+    /// the next request comes, even one whose head arrives in pieces; it is still closed `header_read_timeout`
+    /// after its last response.
+    #[tokio::test]
+    async fn an_idle_http1_connection_is_parked_then_served_again() {
+        let config = ListenerConfig {
+            header_read_timeout: Duration::from_secs(2),
+            ..ListenerConfig::default()
+        };
+        let router = Router::new().route("/hello", axum::routing::get(|| async { "hello" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router, config.clone(), async {
+            let _ = stopped.await;
+        }));
+        let request = b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n";
+
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        assert!(
+            read_hellos(&mut stream, 1)
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Parked by now. The next head in two pieces, then two pipelined requests in one write.
+        stream.write_all(&request[..8]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(&request[8..]).await.unwrap();
+        assert!(
+            read_hellos(&mut stream, 1)
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let asked = Instant::now();
+        stream
+            .write_all(&[&request[..], &request[..]].concat())
+            .await
+            .unwrap();
+        let received = read_hellos(&mut stream, 2).await;
+        assert_eq!(received.matches("HTTP/1.1 200").count(), 2, "{received}");
+
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(matches!(closed, Ok(Ok(0))), "not closed: {closed:?}");
+        assert!(asked.elapsed() >= config.header_read_timeout);
+        assert!(asked.elapsed() < config.header_read_timeout + PARK_RECHECK * 2);
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    /// Over TLS (ALPN http/1.1) too: a keep-alive client's second request, after its connection was parked,
+    /// comes on the same connection (same client port).
+    #[tokio::test]
+    async fn a_parked_tls_connection_serves_the_next_request() {
+        let (cert, key, _) = generate();
+        let files = files(cert.as_bytes(), key.as_bytes());
+        let config = ListenerConfig {
+            tls: Some(files.paths.clone()),
+            ..ListenerConfig::default()
+        };
+        let router = Router::new().route(
+            "/peer",
+            axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                peer.to_string()
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router, config, async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(cert.as_bytes()).unwrap()])
+            .resolve("localhost", addr)
+            .http1_only()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let url = format!("https://localhost:{}/peer", addr.port());
+        let ask = || async { client.get(&url).send().await.unwrap().text().await.unwrap() };
+        let first = ask().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(ask().await, first, "not the same connection");
+        drop(client);
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]

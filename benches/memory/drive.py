@@ -20,6 +20,7 @@ import os
 import queue
 import random
 import re
+import select
 import socket
 import sys
 import threading
@@ -218,7 +219,10 @@ def stream(host, port, urls, seg_bytes, clients, verify_every, deadline):
 # ------------------------------------------------------------------ phase: idle connections
 
 def open_idle(host, port, n, kind):
+    """Returns the open sockets, failures, 200s, and for each socket (by fd) when it went idle: connected
+    (silent, partial) or its response read (keepalive)."""
     socks, failed = [], 0
+    idle_from = {}
     for _ in range(n):
         s = None
         for attempt in range(3):
@@ -243,6 +247,7 @@ def open_idle(host, port, n, kind):
             s.close()
             continue
         socks.append(s)
+        idle_from[s.fileno()] = time.monotonic()
     answered = 0
     if kind == "keepalive":  # read every response (after all were sent: the relay works on them meanwhile)
         for s in list(socks):
@@ -263,11 +268,12 @@ def open_idle(host, port, n, kind):
                     rest += chunk
                 if head.startswith(b"HTTP/1.1 200"):
                     answered += 1
+                idle_from[s.fileno()] = time.monotonic()
             except OSError:
                 failed += 1
                 socks.remove(s)
                 s.close()
-    return socks, failed, answered
+    return socks, failed, answered, idle_from
 
 
 def still_open(socks):
@@ -287,6 +293,38 @@ def still_open(socks):
     return {"alive": alive, "closed_by_relay": closed, "relay_wrote": spoke}
 
 
+class CloseWatch:
+    """Notes when the relay closes each idle socket (EOF), in seconds after the socket went idle."""
+
+    def __init__(self, socks, idle_from):
+        self.idle_from = idle_from
+        self.by_fd = {s.fileno(): s for s in socks}
+        self.poller = select.poll()
+        for fd in self.by_fd:
+            self.poller.register(fd, select.POLLIN)
+        self.after = []
+
+    def check(self):
+        now = time.monotonic()
+        for fd, _ in self.poller.poll(0):
+            try:
+                data = self.by_fd[fd].recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            self.poller.unregister(fd)
+            if not data:
+                self.after.append(now - self.idle_from[fd])
+
+    def summary(self):
+        a = sorted(self.after)
+        if not a:
+            return {"closed": 0}
+        return {"closed": len(a), "min_s": round(a[0], 1), "median_s": round(a[len(a) // 2], 1),
+                "max_s": round(a[-1], 1)}
+
+
 # ------------------------------------------------------------------ main
 
 def main():
@@ -302,7 +340,7 @@ def main():
     ap.add_argument("--verify-every", type=int, default=50)
     ap.add_argument("--idle-conns", type=int, default=5000)
     ap.add_argument("--idle-kinds", default="keepalive silent partial")  # "none": stream phase only
-    ap.add_argument("--hold", type=float, default=10)
+    ap.add_argument("--hold", type=float, default=12)
     ap.add_argument("--settle", type=float, default=3)
     ap.add_argument("--interval", type=float, default=0.5)
     ap.add_argument("--cache-bytes", type=int, required=True)
@@ -354,15 +392,18 @@ def main():
     for kind in [k for k in a.idle_kinds.split() if k != "none"]:
         st0 = sampler.set_phase(f"idle-{kind}-opening")
         t0 = time.monotonic()
-        socks, failed, answered = open_idle(a.host, a.port, a.idle_conns, kind)
+        socks, failed, answered, idle_from = open_idle(a.host, a.port, a.idle_conns, kind)
         opened_s = time.monotonic() - t0
         st1 = sampler.set_phase(f"idle-{kind}-held")
         held_max = st1["VmRSS"]
+        watch = CloseWatch(socks, idle_from)
         end = time.monotonic() + a.hold
         while time.monotonic() < end:
             time.sleep(a.interval)
             st = sampler.must_sample()
             held_max = max(held_max, st["VmRSS"])
+            watch.check()
+        watch.check()
         alive = still_open(socks)
         st2 = sampler.must_sample()
         for s in socks:
@@ -376,11 +417,13 @@ def main():
             "rss_before_kib": st0["VmRSS"], "rss_all_open_kib": st1["VmRSS"], "rss_held_max_kib": held_max,
             "rss_end_of_hold_kib": st2["VmRSS"], "rss_after_close_kib": st3["VmRSS"],
             "relay_fds_max": ph["max_fds"], "relay_fds_all_open": st1["fds"], "at_end_of_hold": alive,
+            "closed_by_relay_after_idle": watch.summary(),
             "per_conn_bytes": round((held_max - st0["VmRSS"]) * 1024 / max(len(socks), 1)),
         }
         print(f"idle {kind}: {len(socks)} open ({failed} failed) in {opened_s:.1f} s; RSS before "
               f"{st0['VmRSS'] // 1024} MiB, all open {st1['VmRSS'] // 1024} MiB, held max {held_max // 1024} MiB, "
-              f"after close {st3['VmRSS'] // 1024} MiB; relay fds {st1['fds']}; end of hold {alive}", flush=True)
+              f"after close {st3['VmRSS'] // 1024} MiB; relay fds {st1['fds']}; end of hold {alive}; "
+              f"closed by the relay after idle {watch.summary()}", flush=True)
 
     st = sampler.set_phase("end")
     sampler.stop_ev.set()
@@ -439,7 +482,8 @@ def render(s):
     ]
     for kind, d in s["idle"].items():
         lines.append(f"- idle `{kind}`: opened {d['opened']} ({d['failed']} failed) in {d['open_seconds']} s, relay fds "
-                     f"{d['relay_fds_all_open']}; at end of the {s['hold']:g} s hold: {d['at_end_of_hold']}")
+                     f"{d['relay_fds_all_open']}; at end of the {s['hold']:g} s hold: {d['at_end_of_hold']}; "
+                     f"closed by the relay, seconds after going idle: {d.get('closed_by_relay_after_idle')}")
     lines.append("")
     return "\n".join(lines)
 

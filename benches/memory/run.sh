@@ -12,7 +12,7 @@
 # Exit status: 0 peak RSS <= cache + $OVERHEAD_MIB MiB; 1 over that bound; 2 errors (segments failed or wrong,
 # or a process did not start). The numbers are printed and written to $RESULTS_DIR either way.
 #
-# Experiments: MALLOC_ARENA_MAX=2 ./run.sh (passed to the relay only), RELAY_ENV="MALLOC_MMAP_THRESHOLD_=131072",
+# Experiments: RELAY_ENV="_RJEM_MALLOC_CONF=narenas:1" (the relay uses jemalloc; glibc: MALLOC_ARENA_MAX=2, RELAY_ENV="MALLOC_MMAP_THRESHOLD_=131072"),
 # WORKERS=1, CACHE_MIB=256, CLIENTS=32, SEGMENTS=1000, IDLE_KINDS=silent (or none), IDLE_CONNS, HOLD, ...
 set -euo pipefail
 
@@ -29,7 +29,7 @@ OVERHEAD_MIB=${OVERHEAD_MIB:-64}
 CLIENTS=${CLIENTS:-8}
 IDLE_CONNS=${IDLE_CONNS:-5000}
 IDLE_KINDS=${IDLE_KINDS:-"keepalive silent partial"}   # any of them, in order; "none": stream phase only
-HOLD=${HOLD:-10}
+HOLD=${HOLD:-12}                           # > the relay's header_read_timeout (10 s), to see it close them
 WORKERS=${WORKERS:-}                       # relay runtime worker threads (empty: the relay's default, one per CPU)
 TIMEOUT=${TIMEOUT:-900}                    # hard bound on the driver, seconds
 RELAY_BIN=${RELAY_BIN:-$REPO_DIR/target/release/hls-relay}
