@@ -12,9 +12,9 @@
 //!        ─► HTTP/2 (first bytes may be its preface, or ALPN h2): hyper-util auto (stream cap, pings)
 //!           HTTP/1.x: loop { read the request head whole (header_read_timeout)
 //!                            ─► hyper's http1 (max_header_bytes) serves it and what follows
-//!                            ─► idle between bodiless requests, the last response sent: park (hyper's state
-//!                               dropped), wait for the next request; the next head is due header_read_timeout
-//!                               after the last response }
+//!                            ─► idle for 20 ms between bodiless requests, the last response sent: park
+//!                               (hyper's state dropped), wait for the next request; the next head is due
+//!                               header_read_timeout after the last response }
 //!        ─► watchdog: first request within header_read_timeout, then idle_timeout between requests,
 //!                     shutdown: finish in-flight responses (the accept loop cuts them at shutdown_grace)
 //! ```
@@ -43,7 +43,6 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response};
@@ -62,11 +61,12 @@ use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
 
 /// How often the certificate files are checked for changes (SIGHUP reloads at once).
 const CERT_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -401,14 +401,23 @@ impl Server {
         self.tls.as_ref()
     }
 
-    /// Serves `router` on `listener` until `shutdown` completes; then stops accepting, lets in-flight responses
-    /// finish for up to `shutdown_grace`, cuts what remains and returns.
-    pub async fn serve(
+    /// Serves `service` (an axum `Router`, or any service of axum requests) on `listener` until `shutdown`
+    /// completes; then stops accepting, lets in-flight responses finish for up to `shutdown_grace`, cuts what
+    /// remains and returns.
+    pub async fn serve<S>(
         self,
         listener: TcpListener,
-        router: Router,
+        service: S,
         shutdown: impl Future<Output = ()>,
-    ) -> io::Result<()> {
+    ) -> io::Result<()>
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
         let Self { config, tls } = self;
         // The watcher lives as long as this call: aborted on return (the guard drops it).
         let _watcher = tls
@@ -417,7 +426,7 @@ impl Server {
         let shared = Arc::new(Shared {
             http1: http1_builder(&config),
             builder: http_builder(&config),
-            router,
+            service: BoxCloneSyncService::new(service),
             tls: tls.map(|tls| TlsAcceptor::from(tls.server_config())),
             config,
         });
@@ -488,14 +497,22 @@ impl Server {
 }
 
 /// [`Server::new`] then [`Server::serve`]; a bad certificate is an `InvalidInput` error naming its config key.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     config: ListenerConfig,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let server = Server::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    server.serve(listener, router, shutdown).await
+    server.serve(listener, service, shutdown).await
 }
 
 /// hyper-util's HTTP/1 builder has no separate header limit: the read buffer bounds the request head (431 when
@@ -538,7 +555,7 @@ fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
 struct Shared {
     http1: http1::Builder,
     builder: auto::Builder<TokioExecutor>,
-    router: Router,
+    service: HttpService,
     tls: Option<TlsAcceptor>,
     config: ListenerConfig,
 }
@@ -709,7 +726,7 @@ async fn serve_http<I>(
 {
     let activity = Arc::new(Activity::new(accepted));
     let service = ConnectionService {
-        router: shared.router.clone(),
+        service: shared.service.clone(),
         peer,
         tls,
         activity: activity.clone(),
@@ -761,8 +778,8 @@ impl Connection<'_> {
 
     /// HTTP/1.x: each request head is read whole, into a buffer the size of what arrived, before hyper gets it
     /// (hyper's read buffer grows from 8KiB to 16KiB when a head takes more than one read, so every slow or
-    /// slowloris client would hold 16KiB plus hyper's 8KiB write buffer for a few bytes). A connection that goes
-    /// idle between bodiless requests, its last response handed to the socket, is *parked*: hyper's connection
+    /// slowloris client would hold 16KiB plus hyper's 8KiB write buffer for a few bytes). A connection that stays
+    /// idle between bodiless requests for [`PARK_AFTER`], its last response handed to the socket, is *parked*: hyper's connection
     /// (its buffers and state) is dropped, the socket waits for the next request on its own, and a new hyper
     /// connection takes it then. The next head must still arrive within `header_read_timeout` of the last
     /// response, as with hyper's own keep-alive timer.
@@ -832,9 +849,12 @@ impl Connection<'_> {
     }
 }
 
-/// An idle HTTP/1.1 connection is parked as soon as its last response is written (see
-/// [`Connection::serve_http1`]); one whose socket was not taking the last bytes is looked at again this often.
-const PARK_RECHECK: Duration = Duration::from_secs(1);
+/// An idle HTTP/1.1 connection (see [`Connection::serve_http1`]) is parked once it has had nothing in flight and
+/// nothing left to send for this long. A busy keep-alive client's next request comes within a millisecond or two
+/// and finds hyper's connection still there: parking and rebuilding it around every request cost a quarter of the
+/// CPU of a cached playlist hit. Short enough that thousands of viewers connecting at once are not all held in
+/// hyper together (benches/memory).
+const PARK_AFTER: Duration = Duration::from_millis(20);
 
 /// What [`supervise`] drives: a hyper connection.
 trait Serving {
@@ -1042,7 +1062,7 @@ async fn supervise<C: Serving>(
     // the earliest of the bounds; each time it fires, the real deadline is worked out from the activity.
     let mut first_check = limits.header_read_timeout.min(limits.idle_timeout);
     if park {
-        first_check = first_check.min(PARK_RECHECK);
+        first_check = first_check.min(PARK_AFTER);
     }
     let watchdog = tokio::time::sleep_until(since + first_check);
     tokio::pin!(watchdog);
@@ -1065,14 +1085,6 @@ async fn supervise<C: Serving>(
                 conn.graceful_shutdown();
                 closing = Closing::Shutdown;
             }
-            // The last request's response is done: park now if nothing is left to send.
-            () = activity.idle.notified(), if park && closing == Closing::No => {
-                if activity.parkable_since().is_some() {
-                    conn.graceful_shutdown();
-                    closing = Closing::Park;
-                    watchdog.as_mut().reset(Instant::now() + limits.header_read_timeout);
-                }
-            }
             () = &mut watchdog, if closing != Closing::Shutdown => {
                 let now = Instant::now();
                 let deadline = activity.idle_deadline(limits.header_read_timeout, limits.idle_timeout);
@@ -1085,9 +1097,12 @@ async fn supervise<C: Serving>(
                     tracing::debug!(%peer, "idle connection did not close in time; dropping it");
                     return (Ended::Closed, conn);
                 }
-                // While it may be parked, the connection is looked at every PARK_RECHECK.
-                let recheck = now + if park { PARK_RECHECK } else { limits.idle_timeout };
-                let park_at = activity.parkable_since().filter(|_| park);
+                // While it may be parked, the connection is looked at every PARK_AFTER.
+                let recheck = now + if park { PARK_AFTER } else { limits.idle_timeout };
+                let park_at = activity
+                    .parkable_since()
+                    .filter(|_| park)
+                    .map(|since| since + PARK_AFTER);
                 match deadline {
                     _ if park_at.is_some_and(|at| at <= now) => {
                         conn.graceful_shutdown();
@@ -1115,8 +1130,6 @@ struct Activity {
     state: Mutex<ActivityState>,
     /// The last write to the socket could not complete (hyper holds unsent bytes).
     write_blocked: AtomicBool,
-    /// Notified when the last request in flight is done.
-    idle: Notify,
 }
 
 #[derive(Debug)]
@@ -1139,7 +1152,6 @@ impl Activity {
                 had_body: false,
             }),
             write_blocked: AtomicBool::new(false),
-            idle: Notify::new(),
         }
     }
 
@@ -1204,17 +1216,18 @@ impl Drop for RequestGuard {
         state.served_any = true;
         if state.in_flight == 0 {
             state.idle_since = Instant::now();
-            drop(state);
-            self.0.idle.notify_one();
         }
     }
 }
 
-/// The router as hyper sees it on one connection: adds the peer address (axum's `ConnectInfo`) and
+/// What every connection calls, boxed once for all of them (the listener serves one service type).
+type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// The service as hyper sees it on one connection: adds the peer address (axum's `ConnectInfo`) and
 /// [`TlsConnection`], and tracks each request until its response body is done.
 #[derive(Clone)]
 struct ConnectionService {
-    router: Router,
+    service: HttpService,
     peer: SocketAddr,
     tls: bool,
     activity: Arc<Activity>,
@@ -1234,9 +1247,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         if self.tls {
             request.extensions_mut().insert(TlsConnection);
         }
-        let router = self.router.clone();
+        let service = self.service.clone();
         Box::pin(async move {
-            let response = router.oneshot(request).await?;
+            let response = service.oneshot(request).await?;
             Ok(response.map(|body| TrackedBody {
                 body,
                 _guard: guard,
@@ -1558,13 +1571,13 @@ mod tests {
         let shared = Arc::new(Shared {
             http1: http1_builder(&config),
             builder: http_builder(&config),
-            router: Router::new(),
+            service: BoxCloneSyncService::new(axum::Router::new()),
             tls: None,
             config,
         });
         let (_stop, stopped) = watch::channel(false);
         let service = ConnectionService {
-            router: shared.router.clone(),
+            service: shared.service.clone(),
             peer,
             tls: false,
             activity: Arc::new(Activity::new(Instant::now())),
@@ -1621,7 +1634,7 @@ mod tests {
             header_read_timeout: Duration::from_secs(2),
             ..ListenerConfig::default()
         };
-        let router = Router::new().route("/hello", axum::routing::get(|| async { "hello" }));
+        let router = axum::Router::new().route("/hello", axum::routing::get(|| async { "hello" }));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1661,46 +1674,62 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
         assert!(matches!(closed, Ok(Ok(0))), "not closed: {closed:?}");
         assert!(asked.elapsed() >= config.header_read_timeout);
-        assert!(asked.elapsed() < config.header_read_timeout + PARK_RECHECK * 2);
+        assert!(asked.elapsed() < config.header_read_timeout + PARK_AFTER * 2);
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     }
 
-    /// Over TLS (ALPN http/1.1) too: a keep-alive client's second request, after its connection was parked,
-    /// comes on the same connection (same client port).
+    /// Over TLS (ALPN http/1.1) too: a keep-alive client's second request, after its connection was parked, is
+    /// served on the same TLS connection.
     #[tokio::test]
     async fn a_parked_tls_connection_serves_the_next_request() {
-        let (cert, key, _) = generate();
+        let (cert, key, der) = generate();
         let files = files(cert.as_bytes(), key.as_bytes());
         let config = ListenerConfig {
             tls: Some(files.paths.clone()),
             ..ListenerConfig::default()
         };
-        let router = Router::new().route(
-            "/peer",
-            axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
-                peer.to_string()
-            }),
-        );
+        let router = axum::Router::new().route("/hello", axum::routing::get(|| async { "hello" }));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, router, config, async {
             let _ = stopped.await;
         }));
-        let client = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(cert.as_bytes()).unwrap()])
-            .resolve("localhost", addr)
-            .http1_only()
-            .timeout(Duration::from_secs(10))
-            .build()
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(der)).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, tcp)
+            .await
             .unwrap();
-        let url = format!("https://localhost:{}/peer", addr.port());
-        let ask = || async { client.get(&url).send().await.unwrap().text().await.unwrap() };
-        let first = ask().await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(ask().await, first, "not the same connection");
-        drop(client);
+        let request = b"GET /hello HTTP/1.1\r\nhost: localhost\r\n\r\n";
+        let mut received = Vec::new();
+        for asked in 1..=2 {
+            stream.write_all(request).await.unwrap();
+            let mut chunk = [0; 1024];
+            while String::from_utf8_lossy(&received).matches("hello").count() < asked {
+                let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+                    .await
+                    .expect("no response")
+                    .unwrap();
+                assert!(n > 0, "connection closed after {asked} request(s)");
+                received.extend_from_slice(&chunk[..n]);
+            }
+            // Parked by now.
+            tokio::time::sleep(PARK_AFTER * 10).await;
+        }
+        let received = String::from_utf8_lossy(&received);
+        assert_eq!(received.matches("HTTP/1.1 200").count(), 2, "{received}");
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     }
