@@ -219,7 +219,6 @@ pub struct PlaylistMapper<'a> {
     base_dir: Option<String>,
     /// The location of the last URI signed, reused while the next ones share it.
     last: Option<Location>,
-    scratch: String,
     /// The previous version's references, when they were made for this very mapping.
     previous: Option<&'a MappedUris>,
     /// Where in `previous` the next URI is looked for first: just after the last one found there.
@@ -256,7 +255,6 @@ impl<'a> PlaylistMapper<'a> {
             from,
             base_dir,
             last: None,
-            scratch: String::new(),
             previous: None,
             cursor: 0,
             mapped: MappedUris {
@@ -316,37 +314,38 @@ impl<'a> PlaylistMapper<'a> {
 
     /// Appends the reference for `uri` to `self.mapped.text`; false when the relay cannot fetch `uri`.
     fn write_reference(&mut self, kind: ObjectKind, uri: &str) -> bool {
-        let mut location = std::mem::take(&mut self.scratch);
-        location.clear();
         let joined;
         let file = match (&self.base_dir, plain_relative(uri)) {
             (Some(base_dir), Some((file, query))) => {
-                location.push_str(base_dir);
-                if let Some(query) = query {
-                    location.push('?');
-                    location.push_str(query);
+                let same = (self.last.as_ref()).is_some_and(|last| last.is_in(base_dir, query));
+                if !same {
+                    let query_len = query.map_or(0, |query| query.len() + 1);
+                    let mut location = String::with_capacity(base_dir.len() + query_len);
+                    location.push_str(base_dir);
+                    if let Some(query) = query {
+                        location.push('?');
+                        location.push_str(query);
+                    }
+                    self.last = Some(Location::new(self.signer, self.call, location, self.from));
                 }
                 file
             }
             _ => {
-                self.scratch = location;
-                let Some(url) = self.base.join(uri).ok() else {
+                let Ok(url) = self.base.join(uri) else {
                     return false;
                 };
                 joined = url;
-                let Some((joined_location, file)) = upstream_location(&joined) else {
+                let Some((location, file)) = upstream_location(&joined) else {
                     return false;
                 };
-                location = joined_location;
+                if self.last.as_ref().is_none_or(|last| last.text != location) {
+                    self.last = Some(Location::new(self.signer, self.call, location, self.from));
+                }
                 file
             }
         };
-        match &self.last {
-            Some(last) if last.text == location => self.scratch = location,
-            _ => self.last = Some(Location::new(self.signer, self.call, location, self.from)),
-        }
-        let last = self.last.as_ref().expect("set above");
-        last.write_reference(file, kind, &mut self.mapped.text);
+        let location = self.last.as_ref().expect("set above");
+        location.write_reference(file, kind, &mut self.mapped.text);
         true
     }
 }
@@ -462,16 +461,36 @@ fn plain_relative(uri: &str) -> Option<(&str, Option<&str>)> {
         && file != "."
         && file != ".."
         && file != EMPTY_FILE
-        && file
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'));
-    let plain_query = query.is_none_or(|query| {
-        query
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'#' | b'<' | b'>' | b'\''))
-    });
+        && file.bytes().all(|b| PLAIN_FILE_BYTES[usize::from(b)]);
+    let plain_query =
+        query.is_none_or(|query| query.bytes().all(|b| PLAIN_QUERY_BYTES[usize::from(b)]));
     (plain_file && plain_query).then_some((file, query))
 }
+
+/// The bytes of a plain file name: unreserved characters. Tables rather than comparisons because every byte of
+/// every URI of a playlist's first version is checked (this was a tenth of a cold rewrite).
+const PLAIN_FILE_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-');
+        byte += 1;
+    }
+    table
+};
+
+/// The bytes of a plain query: those URL parsing keeps as they are in a query.
+const PLAIN_QUERY_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_graphic() && !matches!(b, b'"' | b'#' | b'<' | b'>' | b'\'');
+        byte += 1;
+    }
+    table
+};
 
 /// The location and file name the relay URL of `upstream` carries, or None when the relay cannot fetch it.
 fn upstream_location(upstream: &Url) -> Option<(String, &str)> {
@@ -507,6 +526,18 @@ impl Location {
         };
         let mac = signer.location_mac(call, &text);
         Self { text, prefix, mac }
+    }
+
+    /// Whether this is the directory `dir` with `query`, compared in place: building that location to compare
+    /// would copy it once per URI.
+    fn is_in(&self, dir: &str, query: Option<&str>) -> bool {
+        let Some(rest) = self.text.strip_prefix(dir) else {
+            return false;
+        };
+        match query {
+            Some(query) => rest.strip_prefix('?') == Some(query),
+            None => rest.is_empty(),
+        }
     }
 
     /// Appends `{prefix}{seal}/{file}` to `out`.
