@@ -1,5 +1,7 @@
 //! Playlist rewriting and inspection on the shapes the relay serves: a 1,000-line live media playlist (fetched every
-//! few seconds per rendition) and a master playlist with every URI-bearing tag.
+//! few seconds per rendition) and a master playlist with every URI-bearing tag. The relay's own mapping is measured
+//! cold (a playlist's first version) and in the steady state of a live playlist: the next version, one segment
+//! dropped and one added, rewritten with the references of the version before.
 
 use std::fmt::Write;
 use std::hint::black_box;
@@ -8,25 +10,26 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hls_relay::call::CallId;
-use hls_relay::playlist::{UriSite, inspect, rewrite};
+use hls_relay::playlist::{UriSite, inspect, rewrite, rewrite_marked_with};
 use hls_relay::urlmap::{PlaylistLocation, PlaylistMapper, UrlSigner};
 use url::Url;
 
 const MEDIA_LINES: usize = 1_000;
 
-fn live_media_playlist() -> String {
-    let mut playlist = String::from(
+/// The version of the live playlist whose first segment is `first_sequence`.
+fn live_media_playlist(first_sequence: u64) -> String {
+    let mut playlist = format!(
         "#EXTM3U\n\
          #EXT-X-VERSION:7\n\
          #EXT-X-TARGETDURATION:4\n\
-         #EXT-X-MEDIA-SEQUENCE:184467\n\
+         #EXT-X-MEDIA-SEQUENCE:{first_sequence}\n\
          #EXT-X-DISCONTINUITY-SEQUENCE:3\n\
          #EXT-X-MAP:URI=\"init_1080p.mp4?token=eyJhbGciOiJIUzI1NiJ9.e30&exp=1714567890\"\n\
          #EXT-X-KEY:METHOD=AES-128,URI=\"https://keys.example.com/v1/keys/5f3a?exp=1714567890\",\
          IV=0x00000000000000000000000000002d0b\n",
     );
     let mut line_count = playlist.lines().count();
-    let mut sequence = 184_467;
+    let mut sequence = first_sequence;
     while line_count + 3 <= MEDIA_LINES {
         let seconds = (sequence % 15) * 4;
         writeln!(playlist, "#EXTINF:4.000,").unwrap();
@@ -104,9 +107,11 @@ fn relay_uri(_site: UriSite, uri: &str) -> Option<String> {
 }
 
 fn benches(c: &mut Criterion) {
-    let media = live_media_playlist();
+    let media = live_media_playlist(184_467);
+    let next_media = live_media_playlist(184_468);
     let master = master_playlist();
     assert_eq!(media.lines().count(), MEDIA_LINES);
+    assert_eq!(next_media.lines().count(), MEDIA_LINES);
 
     // The relay's own mapping, as it runs on each new upstream version of a rendition's playlist: resolve against
     // the playlist's URL, sign, encode, write relative to where the relay serves the playlist.
@@ -123,13 +128,31 @@ fn benches(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("media_1000_lines");
     group.throughput(Throughput::Bytes(media.len() as u64));
+    // As `Relay::rewritten_playlist` does it, keeping the references for the next version.
     group.bench_function("rewrite_real_mapping", |b| {
         b.iter(|| {
             let mut mapper = PlaylistMapper::new(&signer, &call, &base, from);
-            rewrite(black_box(media.as_bytes()), |site, uri| {
-                mapper.map(site, uri)
-            })
-            .unwrap()
+            let rewritten = rewrite_marked_with(black_box(media.as_bytes()), &mut mapper).unwrap();
+            (rewritten, mapper.into_mapped())
+        })
+    });
+    let mut mapper = PlaylistMapper::new(&signer, &call, &base, from);
+    let cold_next = rewrite_marked_with(next_media.as_bytes(), &mut mapper).unwrap();
+    let mut mapper = PlaylistMapper::new(&signer, &call, &base, from);
+    rewrite_marked_with(media.as_bytes(), &mut mapper).unwrap();
+    let previous = mapper.into_mapped();
+    let reusing = || PlaylistMapper::new(&signer, &call, &base, from).reusing(Some(&previous));
+    assert!(reusing().reuses_previous());
+    assert_eq!(
+        rewrite_marked_with(next_media.as_bytes(), &mut reusing()).unwrap(),
+        cold_next
+    );
+    group.bench_function("rewrite_real_mapping_next_version", |b| {
+        b.iter(|| {
+            let mut mapper = reusing();
+            let rewritten =
+                rewrite_marked_with(black_box(next_media.as_bytes()), &mut mapper).unwrap();
+            (rewritten, mapper.into_mapped())
         })
     });
     group.bench_function("rewrite_relay_uri", |b| {

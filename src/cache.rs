@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::encoding::Variants;
 use crate::error::RelayError;
 use crate::playlist::PlaylistInfo;
+use crate::urlmap::MappedUris;
 
 /// A complete, verified response as the relay serves it. Headers are computed once, when it is stored.
 /// Cloning shares the body.
@@ -41,12 +42,14 @@ pub struct CachedObject {
 }
 
 /// A relayed playlist's semantics (for LL-HLS blocking requests), where its rewritten URIs end (to carry a
-/// viewer's token into them) and its compressed variants (made once, served to every viewer).
+/// viewer's token into them), its compressed variants (made once, served to every viewer) and, for a live media
+/// playlist, the references its rewrite wrote (for the rewrite of its next version).
 #[derive(Debug)]
 pub struct PlaylistMeta {
     pub info: PlaylistInfo,
     pub uri_ends: Vec<usize>,
     pub variants: Variants,
+    pub mapped: Option<MappedUris>,
 }
 
 impl CachedObject {

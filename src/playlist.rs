@@ -76,8 +76,40 @@ pub fn rewrite_marked(
     body: &[u8],
     map: impl FnMut(UriSite, &str) -> Option<String>,
 ) -> Result<Rewritten, PlaylistError> {
+    let mut mapping = OwnedReplacements {
+        map,
+        last: String::new(),
+    };
+    rewrite_marked_with(body, &mut mapping)
+}
+
+/// The `map` of [`rewrite`] as a trait whose replacements are lent rather than given: a mapping that keeps what it
+/// wrote anyway (the relay's, for the playlist's next version) then costs no allocation per URI.
+pub trait UriMapping {
+    /// What `uri`, found at `site`, becomes; None leaves it as it is. The contract of `map` in [`rewrite`] holds.
+    fn replacement(&mut self, site: UriSite, uri: &str) -> Option<&str>;
+}
+
+/// A closure mapping, lending the replacement it last returned.
+struct OwnedReplacements<F> {
+    map: F,
+    last: String,
+}
+
+impl<F: FnMut(UriSite, &str) -> Option<String>> UriMapping for OwnedReplacements<F> {
+    fn replacement(&mut self, site: UriSite, uri: &str) -> Option<&str> {
+        self.last = (self.map)(site, uri)?;
+        Some(&self.last)
+    }
+}
+
+/// As [`rewrite_marked`], through a [`UriMapping`].
+pub fn rewrite_marked_with(
+    body: &[u8],
+    mapping: &mut impl UriMapping,
+) -> Result<Rewritten, PlaylistError> {
     let text = playlist_text(body)?;
-    let mut rewriter = Rewriter::new(text, map);
+    let mut rewriter = Rewriter::new(text, mapping);
     for line in lines(without_bom(text)) {
         rewriter.line(line)?;
     }
@@ -481,27 +513,51 @@ impl<'a> Variables<'a> {
 }
 
 /// Copies the playlist lazily: unchanged text is copied in one piece up to the next replaced URI.
-struct Rewriter<'a, F> {
+struct Rewriter<'a, 'm, M> {
     text: &'a str,
-    out: Vec<u8>,
-    copied_up_to: usize,
+    output: Output,
     variables: Variables<'a>,
     variant_uri_expected: bool,
-    map: F,
+    mapping: &'m mut M,
+}
+
+/// The rewritten playlist so far; apart from the rest of the rewriter's state because a replacement stays borrowed
+/// from the mapping while it is copied in.
+struct Output {
+    out: Vec<u8>,
+    copied_up_to: usize,
     uri_ends: Vec<usize>,
 }
 
-impl<'a, F: FnMut(UriSite, &str) -> Option<String>> Rewriter<'a, F> {
-    fn new(text: &'a str, map: F) -> Self {
+impl Output {
+    /// Copies `text` up to `written` (a slice of it), then `replacement` instead of `written`.
+    fn replace(&mut self, text: &str, written: &str, replacement: &str) {
+        debug_assert!(
+            is_uri_safe(replacement),
+            "the URI mapping returned {replacement:?}, which would break the playlist"
+        );
+        let start = offset_in(text, written);
+        self.out
+            .extend_from_slice(&text.as_bytes()[self.copied_up_to..start]);
+        self.out.extend_from_slice(replacement.as_bytes());
+        self.uri_ends.push(self.out.len());
+        self.copied_up_to = start + written.len();
+    }
+}
+
+impl<'a, 'm, M: UriMapping> Rewriter<'a, 'm, M> {
+    fn new(text: &'a str, mapping: &'m mut M) -> Self {
         Self {
             text,
-            // Relay URIs are usually longer than upstream ones; this spares most reallocations.
-            out: Vec::with_capacity(text.len() + text.len() / 2),
-            copied_up_to: 0,
+            output: Output {
+                // Relay URIs are usually longer than upstream ones; this spares most reallocations.
+                out: Vec::with_capacity(text.len() + text.len() / 2),
+                copied_up_to: 0,
+                uri_ends: Vec::new(),
+            },
             variables: Variables::default(),
             variant_uri_expected: false,
-            map,
-            uri_ends: Vec::new(),
+            mapping,
         }
     }
 
@@ -570,30 +626,21 @@ impl<'a, F: FnMut(UriSite, &str) -> Option<String>> Rewriter<'a, F> {
         if is_never_fetched(&resolved) {
             return;
         }
-        if let Some(replacement) = (self.map)(site, &resolved) {
-            self.replace(written, &replacement);
+        if let Some(replacement) = self.mapping.replacement(site, &resolved) {
+            self.output.replace(self.text, written, replacement);
         }
     }
 
-    fn replace(&mut self, written: &str, replacement: &str) {
-        debug_assert!(
-            is_uri_safe(replacement),
-            "the URI mapping returned {replacement:?}, which would break the playlist"
-        );
-        let start = offset_in(self.text, written);
-        self.out
-            .extend_from_slice(&self.text.as_bytes()[self.copied_up_to..start]);
-        self.out.extend_from_slice(replacement.as_bytes());
-        self.uri_ends.push(self.out.len());
-        self.copied_up_to = start + written.len();
-    }
-
-    fn finish(mut self) -> Rewritten {
-        self.out
-            .extend_from_slice(&self.text.as_bytes()[self.copied_up_to..]);
+    fn finish(self) -> Rewritten {
+        let Output {
+            mut out,
+            copied_up_to,
+            uri_ends,
+        } = self.output;
+        out.extend_from_slice(&self.text.as_bytes()[copied_up_to..]);
         Rewritten {
-            body: self.out,
-            uri_ends: self.uri_ends,
+            body: out,
+            uri_ends,
         }
     }
 }

@@ -263,6 +263,8 @@ impl Relay {
                         },
                         uri_ends: meta.uri_ends.clone(),
                         variants: Variants::default(),
+                        // Nothing follows an ended playlist to reuse its references.
+                        mapped: None,
                     })
                 });
                 ended
@@ -296,6 +298,7 @@ impl Relay {
         if let Some(writer) = writer {
             let relay = self.clone();
             let call = call.clone();
+            let previous = previous_version(stale.as_ref());
             tokio::spawn(async move {
                 match relay.resolve_live(&call).await {
                     Ok(playlist_url) => {
@@ -304,6 +307,7 @@ impl Relay {
                             url: playlist_url.clone(),
                             served_at: None,
                             ended: false,
+                            previous,
                         };
                         relay.fill_playlist(writer, target, &playlist_url).await
                     }
@@ -351,12 +355,14 @@ impl Relay {
             let call = call.clone();
             let file = file.to_owned();
             let location = location.to_owned();
+            let previous = previous_version(stale.as_ref());
             tokio::spawn(async move {
                 let target = Target {
                     call: &call,
                     url: object.url,
                     served_at: Some(&location),
                     ended: false,
+                    previous,
                 };
                 relay.fill_object(writer, target, object.kind, &file).await
             });
@@ -392,9 +398,9 @@ impl Relay {
         directives: Directives,
     ) -> Result<Served, RelayError> {
         let current = self.object(call, path, location, seal, file).await?;
-        let info = match &current {
+        let (info, current_version) = match &current {
             Served::Whole { object, .. } => match &object.playlist {
-                Some(playlist) => playlist.info.clone(),
+                Some(playlist) => (playlist.info.clone(), playlist.clone()),
                 None => return Ok(current),
             },
             // Directives mean nothing for media.
@@ -427,6 +433,7 @@ impl Relay {
                     url: object.url,
                     served_at: Some(&location),
                     ended: false,
+                    previous: Some(current_version),
                 };
                 let wait = Wait {
                     base_key: &path,
@@ -453,7 +460,7 @@ impl Relay {
             Ok(found) => found,
             Err(error) => return writer.fail(error),
         };
-        let target = Target { ended, ..target };
+        let mut target = Target { ended, ..target };
         let policy = self.host_policy(&playlist_url);
         let max = self.inner.config.upstream.max_playlist_bytes.as_u64();
         let forward = wait.upstream_blocks || wait.wants_delta;
@@ -509,6 +516,7 @@ impl Relay {
                         writer.finish(object);
                         return;
                     }
+                    target.previous = object.playlist;
                 }
                 Err(RelayError::UpstreamTimeout(_)) if forward => {}
                 Err(error) => return writer.fail(error),
@@ -672,13 +680,18 @@ impl Relay {
         let body = response.bytes(max).await?;
         let info =
             playlist::inspect(&body).map_err(|e| RelayError::BadUpstreamPlaylist(e.to_string()))?;
+        let previous = target
+            .previous
+            .as_ref()
+            .and_then(|meta| meta.mapped.as_ref());
         let mut mapper = PlaylistMapper::new(
             &self.inner.signer,
             target.call,
             &base,
             target.playlist_location(),
-        );
-        let rewritten = playlist::rewrite_marked(&body, |site, uri| mapper.map(site, uri))
+        )
+        .reusing(previous);
+        let rewritten = playlist::rewrite_marked_with(&body, &mut mapper)
             .map_err(|e| RelayError::BadUpstreamPlaylist(e.to_string()))?;
         let end_it = target.ended && info.kind == PlaylistKind::Media && !info.ended;
         let (body, freshness) = if end_it {
@@ -697,6 +710,8 @@ impl Relay {
             freshness.fresh_for + STALE_IF_ERROR,
         );
         object.live_playlist = info.kind == PlaylistKind::Media && !info.ended && !end_it;
+        // Only a live media playlist changes little from one version to the next; others would hold it for nothing.
+        let mapped = object.live_playlist.then(|| mapper.into_mapped());
         object.playlist = Some(Arc::new(PlaylistMeta {
             info: PlaylistInfo {
                 ended: info.ended || end_it,
@@ -704,6 +719,7 @@ impl Relay {
             },
             uri_ends: rewritten.uri_ends,
             variants: Variants::default(),
+            mapped,
         }));
         Ok(object)
     }
@@ -827,6 +843,8 @@ struct Target<'a> {
     served_at: Option<&'a str>,
     /// The call is off air: media playlists are served ended.
     ended: bool,
+    /// The version of this playlist cached before, whose references the rewrite may reuse.
+    previous: Option<Arc<PlaylistMeta>>,
 }
 
 impl Target<'_> {
@@ -836,6 +854,11 @@ impl Target<'_> {
             None => PlaylistLocation::Entry,
         }
     }
+}
+
+/// What a refresh may reuse of the version it replaces.
+fn previous_version(cached: Option<&Arc<CachedObject>>) -> Option<Arc<PlaylistMeta>> {
+    cached.and_then(|object| object.playlist.clone())
 }
 
 fn stored(

@@ -19,7 +19,7 @@ use sha2::Sha256;
 use url::Url;
 
 use crate::call::CallId;
-use crate::playlist::UriSite;
+use crate::playlist::{UriMapping, UriSite};
 
 /// File name of the stable entry URL `/hls/{type}/{id}/index.m3u8`.
 pub const ENTRY_PLAYLIST: &str = "index.m3u8";
@@ -32,6 +32,10 @@ pub const MAX_LOCATION_LEN: usize = 3072;
 /// Stands for a file name that cannot be a path segment (empty, or one the path filter refuses); the real name is
 /// then part of the location.
 const EMPTY_FILE: &str = "_";
+/// How many of the previous version's references past the last one reused are looked at for the next URI: more
+/// than the segments (or LL-HLS parts) a live playlist drops between two reloads; a URI further away is signed
+/// again, which costs time but never correctness.
+const MEMO_LOOKAHEAD: usize = 32;
 
 /// What an object is, decided by where the relay found its URI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +104,9 @@ pub struct UpstreamObject {
 #[derive(Clone)]
 pub struct UrlSigner {
     mac: Hmac<Sha256>,
+    /// Tells this key from another without keeping the key itself, so references made under one key are never
+    /// reused under another (see [`MappedUris`]). Never leaves the process.
+    identity: [u8; 16],
 }
 
 impl std::fmt::Debug for UrlSigner {
@@ -110,9 +117,16 @@ impl std::fmt::Debug for UrlSigner {
 
 impl UrlSigner {
     pub fn new(key: &[u8]) -> Self {
-        Self {
-            mac: Hmac::new_from_slice(key).expect("HMAC accepts keys of any length"),
-        }
+        let mac: Hmac<Sha256> = Hmac::new_from_slice(key).expect("HMAC accepts keys of any length");
+        // Unlike a seal's input this starts with no length prefix, so it cannot be a seal's MAC.
+        let digest = mac
+            .clone()
+            .chain_update(b"hls-relay signer identity")
+            .finalize()
+            .into_bytes();
+        let mut identity = [0; 16];
+        identity.copy_from_slice(&digest[..16]);
+        Self { mac, identity }
     }
 
     /// A signer with a random key: URLs it writes are valid for this process only.
@@ -153,7 +167,9 @@ impl UrlSigner {
     ) -> Option<String> {
         let (location, file) = upstream_location(upstream)?;
         let location = Location::new(self, call, location, from);
-        Some(location.reference(file, kind))
+        let mut reference = String::new();
+        location.write_reference(file, kind, &mut reference);
+        Some(reference)
     }
 
     /// Checks the `{location}/{seal}/{file}` segments of a request path and returns the upstream object they
@@ -192,7 +208,8 @@ impl UrlSigner {
 /// Maps the URIs of one playlist. They mostly share a location (segments side by side, often with one CDN query),
 /// so a location's encoding and the MAC over everything before the file name are worked out once per location,
 /// and plain relative names are joined to the playlist's directory without a URL parse: a live playlist of
-/// hundreds of segments is rewritten on every upstream version.
+/// hundreds of segments is rewritten on every upstream version. Given the previous version's [`MappedUris`]
+/// ([`Self::reusing`]), URIs it already mapped are copied from it rather than signed again.
 pub struct PlaylistMapper<'a> {
     signer: &'a UrlSigner,
     call: &'a CallId,
@@ -200,9 +217,14 @@ pub struct PlaylistMapper<'a> {
     from: PlaylistLocation<'a>,
     /// `scheme://authority/dir/` of `base`, when plain names can be appended to it as they are.
     base_dir: Option<String>,
-    /// The location of the last URI, reused while the next ones share it.
+    /// The location of the last URI signed, reused while the next ones share it.
     last: Option<Location>,
-    scratch: String,
+    /// The previous version's references, when they were made for this very mapping.
+    previous: Option<&'a MappedUris>,
+    /// Where in `previous` the next URI is looked for first: just after the last one found there.
+    cursor: usize,
+    /// This version's references, which also lends them to the rewriter.
+    mapped: MappedUris,
 }
 
 impl<'a> PlaylistMapper<'a> {
@@ -217,6 +239,15 @@ impl<'a> PlaylistMapper<'a> {
             let dir_end = path.rfind('/').map_or(0, |slash| slash + 1);
             format!("{}{}", &base[..url::Position::BeforePath], &path[..dir_end])
         });
+        let context = MappingContext {
+            signer: signer.identity,
+            call: call.clone(),
+            base: base.as_str().to_owned(),
+            served_at: match from {
+                PlaylistLocation::Entry => None,
+                PlaylistLocation::Object { location } => Some(location.to_owned()),
+            },
+        };
         Self {
             signer,
             call,
@@ -224,41 +255,197 @@ impl<'a> PlaylistMapper<'a> {
             from,
             base_dir,
             last: None,
-            scratch: String::new(),
+            previous: None,
+            cursor: 0,
+            mapped: MappedUris {
+                context,
+                text: String::new(),
+                entries: Vec::new(),
+            },
         }
+    }
+
+    /// Copies references from `previous` (the references of the playlist's previous version) wherever it holds
+    /// the same URI and kind, when it was made with the same key, call, base URL and serving location: references
+    /// depend on all of them, so a memo made for a playlist that moved (a new playlist URL, another redirect) or
+    /// for another call or key is ignored.
+    pub fn reusing(mut self, previous: Option<&'a MappedUris>) -> Self {
+        self.previous = previous.filter(|previous| previous.context == self.mapped.context);
+        if let Some(previous) = self.previous {
+            // The next version is about as long as the previous one.
+            self.mapped
+                .text
+                .reserve(previous.text.len() + previous.text.len() / 8);
+            self.mapped.entries.reserve(previous.entries.len() + 4);
+        }
+        self
+    }
+
+    /// Whether [`Self::reusing`] accepted the previous version's references.
+    pub fn reuses_previous(&self) -> bool {
+        self.previous.is_some()
     }
 
     /// What `uri`, found at `site`, becomes in the relayed playlist; None leaves it as it is (not http(s)).
     pub fn map(&mut self, site: UriSite, uri: &str) -> Option<String> {
-        let kind = ObjectKind::at(site);
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
+        self.replacement(site, uri).map(str::to_owned)
+    }
+
+    /// The references this mapper wrote, for the rewrite of the playlist's next version.
+    pub fn into_mapped(self) -> MappedUris {
+        let mut mapped = self.mapped;
+        if mapped.text.capacity() - mapped.text.len() > mapped.text.len() / 8 {
+            mapped.text.shrink_to_fit();
+        }
+        mapped.entries.shrink_to_fit();
+        mapped
+    }
+
+    /// The reference `previous` holds for `uri` of `kind`, looked for from the cursor on: the URIs of a live
+    /// playlist's next version come in the previous version's order, less those dropped from the start.
+    fn remembered(&mut self, kind: ObjectKind, uri: &str) -> Option<&'a str> {
+        let previous = self.previous?;
+        let found = (self.cursor..previous.entries.len())
+            .take(MEMO_LOOKAHEAD)
+            .find(|&index| previous.entries[index].kind == kind && previous.uri(index) == uri)?;
+        self.cursor = found + 1;
+        Some(previous.reference(found))
+    }
+
+    /// Appends the reference for `uri` to `self.mapped.text`; false when the relay cannot fetch `uri`.
+    fn write_reference(&mut self, kind: ObjectKind, uri: &str) -> bool {
+        let joined;
         let file = match (&self.base_dir, plain_relative(uri)) {
             (Some(base_dir), Some((file, query))) => {
-                scratch.push_str(base_dir);
-                if let Some(query) = query {
-                    scratch.push('?');
-                    scratch.push_str(query);
+                let same = (self.last.as_ref()).is_some_and(|last| last.is_in(base_dir, query));
+                if !same {
+                    let query_len = query.map_or(0, |query| query.len() + 1);
+                    let mut location = String::with_capacity(base_dir.len() + query_len);
+                    location.push_str(base_dir);
+                    if let Some(query) = query {
+                        location.push('?');
+                        location.push_str(query);
+                    }
+                    self.last = Some(Location::new(self.signer, self.call, location, self.from));
                 }
                 file
             }
             _ => {
-                let url = self.base.join(uri).ok()?;
-                let (location, file) = upstream_location(&url)?;
-                return Some(self.location(location).reference(file, kind));
+                let Ok(url) = self.base.join(uri) else {
+                    return false;
+                };
+                joined = url;
+                let Some((location, file)) = upstream_location(&joined) else {
+                    return false;
+                };
+                if self.last.as_ref().is_none_or(|last| last.text != location) {
+                    self.last = Some(Location::new(self.signer, self.call, location, self.from));
+                }
+                file
             }
         };
-        Some(self.location(scratch).reference(file, kind))
+        let location = self.last.as_ref().expect("set above");
+        location.write_reference(file, kind, &mut self.mapped.text);
+        true
+    }
+}
+
+impl UriMapping for PlaylistMapper<'_> {
+    fn replacement(&mut self, site: UriSite, uri: &str) -> Option<&str> {
+        let kind = ObjectKind::at(site);
+        let start = self.mapped.text.len();
+        self.mapped.text.push_str(uri);
+        let uri_end = self.mapped.text.len();
+        match self.remembered(kind, uri) {
+            Some(reference) => self.mapped.text.push_str(reference),
+            None if self.write_reference(kind, uri) => {}
+            None => {
+                self.mapped.text.truncate(start);
+                return None;
+            }
+        }
+        self.mapped.entries.push(MappedUri {
+            kind,
+            uri_end,
+            reference_end: self.mapped.text.len(),
+        });
+        Some(&self.mapped.text[uri_end..])
+    }
+}
+
+/// The references one rewrite of a playlist wrote, in playlist order, kept with the cached playlist so the rewrite
+/// of its next version copies them instead of signing again: a live playlist's next version is the previous one
+/// less a segment or two at the start and plus one or two at the end, and signing is most of a cold rewrite.
+/// Holds exactly one version's URIs, so it is about as large as the playlist.
+pub struct MappedUris {
+    /// What references depend on besides the URI and its kind.
+    context: MappingContext,
+    /// Each entry's URI, then its reference, back to back in entry order.
+    text: String,
+    entries: Vec<MappedUri>,
+}
+
+impl std::fmt::Debug for MappedUris {
+    // Upstream URIs carry CDN signatures: kept out of debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedUris")
+            .field("entries", &self.entries.len())
+            .field("text_bytes", &self.text.len())
+            .finish()
+    }
+}
+
+impl MappedUris {
+    /// Bytes held on the heap, for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.text.capacity()
+            + self.entries.capacity() * std::mem::size_of::<MappedUri>()
+            + self.context.base.len()
+            + self.context.served_at.as_ref().map_or(0, String::len)
     }
 
-    /// The state for `location`, the last one's when it is the same.
-    fn location(&mut self, location: String) -> &Location {
-        match &self.last {
-            Some(last) if last.text == location => self.scratch = location,
-            _ => self.last = Some(Location::new(self.signer, self.call, location, self.from)),
-        }
-        self.last.as_ref().expect("set above")
+    /// How many URIs it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn uri_start(&self, index: usize) -> usize {
+        index
+            .checked_sub(1)
+            .map_or(0, |before| self.entries[before].reference_end)
+    }
+
+    fn uri(&self, index: usize) -> &str {
+        &self.text[self.uri_start(index)..self.entries[index].uri_end]
+    }
+
+    fn reference(&self, index: usize) -> &str {
+        let entry = &self.entries[index];
+        &self.text[entry.uri_end..entry.reference_end]
+    }
+}
+
+/// Everything besides a URI and its kind that its reference depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MappingContext {
+    signer: [u8; 16],
+    call: CallId,
+    /// The URL relative URIs resolve against.
+    base: String,
+    /// The `location` segment the playlist is served at; None for the entry playlist.
+    served_at: Option<String>,
+}
+
+/// One URI of [`MappedUris`]: its URI starts where the entry before it ends.
+#[derive(Debug, Clone, Copy)]
+struct MappedUri {
+    kind: ObjectKind,
+    uri_end: usize,
+    reference_end: usize,
 }
 
 /// Splits `uri` into a file name and query when it is a plain relative reference (`seg_1.ts`, `seg_1.ts?sig=…`)
@@ -274,16 +461,36 @@ fn plain_relative(uri: &str) -> Option<(&str, Option<&str>)> {
         && file != "."
         && file != ".."
         && file != EMPTY_FILE
-        && file
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'));
-    let plain_query = query.is_none_or(|query| {
-        query
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'#' | b'<' | b'>' | b'\''))
-    });
+        && file.bytes().all(|b| PLAIN_FILE_BYTES[usize::from(b)]);
+    let plain_query =
+        query.is_none_or(|query| query.bytes().all(|b| PLAIN_QUERY_BYTES[usize::from(b)]));
     (plain_file && plain_query).then_some((file, query))
 }
+
+/// The bytes of a plain file name: unreserved characters. Tables rather than comparisons because every byte of
+/// every URI of a playlist's first version is checked (this was a tenth of a cold rewrite).
+const PLAIN_FILE_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-');
+        byte += 1;
+    }
+    table
+};
+
+/// The bytes of a plain query: those URL parsing keeps as they are in a query.
+const PLAIN_QUERY_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_graphic() && !matches!(b, b'"' | b'#' | b'<' | b'>' | b'\'');
+        byte += 1;
+    }
+    table
+};
 
 /// The location and file name the relay URL of `upstream` carries, or None when the relay cannot fetch it.
 fn upstream_location(upstream: &Url) -> Option<(String, &str)> {
@@ -321,18 +528,29 @@ impl Location {
         Self { text, prefix, mac }
     }
 
-    /// `{prefix}{seal}/{file}`.
-    fn reference(&self, file: &str, kind: ObjectKind) -> String {
+    /// Whether this is the directory `dir` with `query`, compared in place: building that location to compare
+    /// would copy it once per URI.
+    fn is_in(&self, dir: &str, query: Option<&str>) -> bool {
+        let Some(rest) = self.text.strip_prefix(dir) else {
+            return false;
+        };
+        match query {
+            Some(query) => rest.strip_prefix('?') == Some(query),
+            None => rest.is_empty(),
+        }
+    }
+
+    /// Appends `{prefix}{seal}/{file}` to `out`.
+    fn write_reference(&self, file: &str, kind: ObjectKind, out: &mut String) {
         let signature = file_mac(self.mac.clone(), file, kind)
             .finalize()
             .into_bytes();
-        let mut out = String::with_capacity(self.prefix.len() + SIGNATURE_CHARS + 2 + file.len());
+        out.reserve(self.prefix.len() + SIGNATURE_CHARS + 2 + file.len());
         out.push_str(&self.prefix);
-        URL_SAFE_NO_PAD.encode_string(&signature[..SIGNATURE_BYTES], &mut out);
+        URL_SAFE_NO_PAD.encode_string(&signature[..SIGNATURE_BYTES], out);
         out.push(kind.tag());
         out.push('/');
         out.push_str(file);
-        out
     }
 }
 
@@ -478,6 +696,198 @@ mod tests {
         fn playlist_mapper_matches_a_full_join_for_any_uri(uri in "[a-zA-Z0-9._~%?&=#:/ '\"<>-]{0,24}") {
             assert_mapper_matches_full_join("https://cdn.example.com/live/index.m3u8", &[&uri]);
         }
+    }
+
+    /// The version after `uris`: what a live playlist does between reloads, and what it should not but might.
+    fn next_versions(uris: &[(UriSite, String)]) -> Vec<Vec<(UriSite, String)>> {
+        let new = |name: &str| (UriSite::SegmentLine, name.to_owned());
+        let mut slid = uris.get(1..).unwrap_or_default().to_vec();
+        slid.push(new("seg_new.ts"));
+        let mut many_dropped = uris[uris.len().min(40)..].to_vec();
+        many_dropped.push(new("seg_new.ts"));
+        let mut inserted = uris.to_vec();
+        inserted.insert(uris.len() / 2, new("seg_inserted.ts"));
+        let mut reversed = uris.to_vec();
+        reversed.reverse();
+        let as_playlists = uris
+            .iter()
+            .map(|(_, uri)| (UriSite::VariantLine, uri.clone()))
+            .collect();
+        vec![
+            uris.to_vec(),
+            slid,
+            many_dropped,
+            inserted,
+            reversed,
+            as_playlists,
+            vec![],
+        ]
+    }
+
+    /// Maps `uris` with `mapper`, returning what each became.
+    fn map_all(mut mapper: PlaylistMapper<'_>, uris: &[(UriSite, String)]) -> Vec<Option<String>> {
+        uris.iter()
+            .map(|(site, uri)| mapper.map(*site, uri))
+            .collect()
+    }
+
+    fn mapped(mapper: PlaylistMapper<'_>, uris: &[(UriSite, String)]) -> MappedUris {
+        let mut mapper = mapper;
+        for (site, uri) in uris {
+            mapper.map(*site, uri);
+        }
+        mapper.into_mapped()
+    }
+
+    /// A next version mapped with the previous version's references must come out exactly as mapped from scratch.
+    fn assert_memo_changes_nothing(base: &str, uris: &[(UriSite, String)]) {
+        let signer = UrlSigner::new(b"k");
+        let call = call();
+        let base = Url::parse(base).unwrap();
+        for from in [
+            PlaylistLocation::Entry,
+            PlaylistLocation::Object {
+                location: "c29tZXdoZXJl",
+            },
+        ] {
+            let previous = mapped(PlaylistMapper::new(&signer, &call, &base, from), uris);
+            for next in next_versions(uris) {
+                let cold = map_all(PlaylistMapper::new(&signer, &call, &base, from), &next);
+                let mapper =
+                    PlaylistMapper::new(&signer, &call, &base, from).reusing(Some(&previous));
+                assert!(mapper.reuses_previous());
+                assert_eq!(map_all(mapper, &next), cold, "{next:?}");
+            }
+        }
+    }
+
+    fn live_uris(count: usize) -> Vec<(UriSite, String)> {
+        let map = UriSite::Attribute {
+            tag: "EXT-X-MAP",
+            attribute: "URI",
+        };
+        let key = UriSite::Attribute {
+            tag: "EXT-X-KEY",
+            attribute: "URI",
+        };
+        let mut uris = vec![
+            (map, "init.mp4?token=t".to_owned()),
+            (key, "https://keys.example.com/k/1".to_owned()),
+        ];
+        for sequence in 0..count {
+            uris.push((UriSite::SegmentLine, format!("seg_{sequence}.m4s?token=t")));
+            if sequence % 10 == 9 {
+                // Keys rotate: the same key URI comes back, as do others now and then.
+                uris.push((key, "https://keys.example.com/k/1".to_owned()));
+            }
+        }
+        uris.push((
+            UriSite::Attribute {
+                tag: "EXT-X-PRELOAD-HINT",
+                attribute: "URI",
+            },
+            format!("seg_{count}.m4s?token=t"),
+        ));
+        uris.push((
+            UriSite::Attribute {
+                tag: "EXT-X-RENDITION-REPORT",
+                attribute: "URI",
+            },
+            "../720p/index.m3u8".to_owned(),
+        ));
+        uris.push((UriSite::SegmentLine, "data-but-not-really:x".to_owned()));
+        uris
+    }
+
+    #[test]
+    fn the_previous_versions_references_change_nothing() {
+        assert_memo_changes_nothing(
+            "https://cdn.example.com/live/1080p/index.m3u8?token=t",
+            &live_uris(100),
+        );
+        assert_memo_changes_nothing("http://127.0.0.1:8080/index.m3u8", &live_uris(3));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_previous_versions_references_change_nothing_for_any_uris(
+            uris in proptest::collection::vec(
+                (proptest::bool::ANY, "[a-c0-9._?=/:%-]{0,8}"),
+                0..24,
+            ),
+        ) {
+            let uris: Vec<(UriSite, String)> = uris
+                .into_iter()
+                .map(|(variant, uri)| {
+                    let site = if variant { UriSite::VariantLine } else { UriSite::SegmentLine };
+                    (site, uri)
+                })
+                .collect();
+            assert_memo_changes_nothing("https://cdn.example.com/live/index.m3u8", &uris);
+        }
+    }
+
+    #[test]
+    fn references_are_reused_only_for_the_same_key_call_base_and_location() {
+        let signer = UrlSigner::new(b"k");
+        let call = call();
+        let base = Url::parse("https://cdn.example.com/live/index.m3u8").unwrap();
+        let from = PlaylistLocation::Object {
+            location: "c29tZXdoZXJl",
+        };
+        let uris = live_uris(5);
+        let mut previous = mapped(PlaylistMapper::new(&signer, &call, &base, from), &uris);
+        // Mark every reference kept, so that one reused shows.
+        let marked = previous.text.replace("/seg_", "/SEG_");
+        previous.text = marked;
+        let reused = map_all(
+            PlaylistMapper::new(&signer, &call, &base, from).reusing(Some(&previous)),
+            &uris,
+        );
+        assert!(reused.iter().flatten().any(|r| r.contains("/SEG_")));
+
+        let other_signer = UrlSigner::new(b"other key");
+        let other_call = CallId::new("livestream", "other").unwrap();
+        let other_base = Url::parse("https://cdn2.example.com/live/index.m3u8").unwrap();
+        let moved = Url::parse("https://cdn.example.com/live/index.m3u8?token=new").unwrap();
+        let elsewhere = PlaylistLocation::Object {
+            location: "ZWxzZXdoZXJl",
+        };
+        for mapper in [
+            PlaylistMapper::new(&other_signer, &call, &base, from),
+            PlaylistMapper::new(&signer, &other_call, &base, from),
+            PlaylistMapper::new(&signer, &call, &other_base, from),
+            PlaylistMapper::new(&signer, &call, &moved, from),
+            PlaylistMapper::new(&signer, &call, &base, elsewhere),
+            PlaylistMapper::new(&signer, &call, &base, PlaylistLocation::Entry),
+        ] {
+            let (signer, call, base, from) = (mapper.signer, mapper.call, mapper.base, mapper.from);
+            let mapper = mapper.reusing(Some(&previous));
+            assert!(!mapper.reuses_previous());
+            let cold = map_all(PlaylistMapper::new(signer, call, base, from), &uris);
+            assert_eq!(map_all(mapper, &uris), cold);
+        }
+    }
+
+    #[test]
+    fn mapped_uris_hold_exactly_the_last_versions_uris() {
+        let signer = UrlSigner::new(b"k");
+        let call = call();
+        let base = Url::parse("https://cdn.example.com/live/index.m3u8").unwrap();
+        let from = PlaylistLocation::Entry;
+        let uris = live_uris(50);
+        let first = mapped(PlaylistMapper::new(&signer, &call, &base, from), &uris);
+        // All but the one the relay cannot fetch.
+        assert_eq!(first.len(), uris.len() - 1);
+        let next = &uris[uris.len() - 3..];
+        let second = mapped(
+            PlaylistMapper::new(&signer, &call, &base, from).reusing(Some(&first)),
+            next,
+        );
+        assert_eq!(second.len(), 2);
+        let kept: Vec<&str> = (0..second.len()).map(|index| second.uri(index)).collect();
+        assert_eq!(kept, ["seg_50.m4s?token=t", "../720p/index.m3u8"]);
+        assert!(second.heap_bytes() < first.heap_bytes());
     }
 
     /// Splits a reference written from the entry playlist into (location, seal, file).

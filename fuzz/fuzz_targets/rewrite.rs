@@ -6,11 +6,13 @@
 //! - The identity (`None` for every URI): the body comes back byte for byte, with no marks, and the playlist is
 //!   accepted or refused exactly as with the plain mapping.
 //! - The relay's own mapping (`PlaylistMapper`: resolve against the upstream URL and sign, from the entry playlist
-//!   and from an object playlist), which must always give URI-safe replacements (debug builds assert it).
+//!   and from an object playlist), which must always give URI-safe replacements (debug builds assert it), and must
+//!   write the same playlist when it reuses the references of a previous version (the playlist itself, and the
+//!   playlist with its first half dropped, as a live playlist drops old segments).
 #![no_main]
 
 use hls_relay::call::CallId;
-use hls_relay::playlist::{Rewritten, rewrite_marked, with_query};
+use hls_relay::playlist::{Rewritten, rewrite_marked, rewrite_marked_with, with_query};
 use hls_relay::urlmap::{PlaylistLocation, PlaylistMapper, UrlSigner};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
@@ -61,10 +63,27 @@ fuzz_target!(|data: &[u8]| {
         },
     ] {
         let mut mapper = PlaylistMapper::new(&SIGNER, &CALL, &BASE, from);
-        let relayed = rewrite_marked(data, |site, uri| mapper.map(site, uri));
+        let relayed = rewrite_marked_with(data, &mut mapper);
         assert_eq!(relayed.is_ok(), identity.is_ok());
-        if let Ok(out) = relayed {
-            let _ = with_query(&out.body, &out.uri_ends, QUERY);
+        let Ok(out) = relayed else { continue };
+        let _ = with_query(&out.body, &out.uri_ends, QUERY);
+
+        let this_version = mapper.into_mapped();
+        let mut mapper = PlaylistMapper::new(&SIGNER, &CALL, &BASE, from);
+        let tail = data.get(data.len() / 2..).unwrap_or_default();
+        let mut older = b"#EXTM3U\n".to_vec();
+        older.extend_from_slice(tail);
+        let older_version = rewrite_marked_with(&older, &mut mapper)
+            .is_ok()
+            .then(|| mapper.into_mapped());
+        for previous in [Some(&this_version), older_version.as_ref()] {
+            let mut mapper = PlaylistMapper::new(&SIGNER, &CALL, &BASE, from).reusing(previous);
+            let again = rewrite_marked_with(data, &mut mapper);
+            assert_eq!(
+                again.as_ref().ok(),
+                Some(&out),
+                "reusing a previous version's references changed the playlist"
+            );
         }
     }
 });
