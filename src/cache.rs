@@ -314,7 +314,14 @@ impl Cache {
         let store = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &Arc<str>, value: &Arc<CachedObject>| {
-                u32::try_from(key.len() + value.body.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+                // A live playlist also holds the mapping of its URIs for the next version's rewrite.
+                let memo = value
+                    .playlist
+                    .as_ref()
+                    .and_then(|playlist| playlist.mapped.as_ref())
+                    .map_or(0, |mapped| mapped.heap_bytes());
+                u32::try_from(key.len() + value.body.len() + memo + ENTRY_OVERHEAD)
+                    .unwrap_or(u32::MAX)
             })
             .expire_after(KeepFor)
             .support_invalidation_closures()
