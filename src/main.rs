@@ -60,6 +60,11 @@ fn main() -> ExitCode {
     if let Some(workers) = cli.workers {
         runtime.worker_threads(workers.max(1));
     }
+    // Fairness between connections: with hundreds of them ready at once, tasks that overflow a worker's local
+    // queue wait in the global one, which tokio by default looks at every 61 tasks. Looked at every other task, a
+    // playlist hammered by 1,000 connections on one worker had p99 32 ms instead of 168 ms, and 64 or 256
+    // connections lost no throughput (benches/load/RESULTS.md).
+    runtime.global_queue_interval(2);
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(error) => {
