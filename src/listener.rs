@@ -12,7 +12,7 @@
 //!        ─► HTTP/2 (first bytes may be its preface, or ALPN h2): hyper-util auto (stream cap, pings)
 //!           HTTP/1.x: loop { read the request head whole (header_read_timeout)
 //!                            ─► hyper's http1 (max_header_bytes) serves it and what follows
-//!                            ─► idle for 20 ms between bodiless requests, the last response sent: park
+//!                            ─► idle for 20-120 ms between bodiless requests, the last response sent: park
 //!                               (hyper's state dropped), wait for the next request; the next head is due
 //!                               header_read_timeout after the last response }
 //!        ─► watchdog: first request within header_read_timeout, then idle_timeout between requests,
@@ -852,9 +852,14 @@ impl Connection<'_> {
 /// An idle HTTP/1.1 connection (see [`Connection::serve_http1`]) is parked once it has had nothing in flight and
 /// nothing left to send for this long. A busy keep-alive client's next request comes within a millisecond or two
 /// and finds hyper's connection still there: parking and rebuilding it around every request cost a quarter of the
-/// CPU of a cached playlist hit. Short enough that thousands of viewers connecting at once are not all held in
-/// hyper together (benches/memory).
+/// CPU of a cached playlist hit.
 const PARK_AFTER: Duration = Duration::from_millis(20);
+
+/// How often a connection that may be parked is looked at. Each look wakes the connection's task: every 20 ms for
+/// each of 1,000 busy connections was close to one wake-up per request. An idle connection is parked within
+/// `PARK_AFTER + PARK_CHECK`, short enough that thousands of viewers connecting at once are not all held in
+/// hyper together (benches/memory).
+const PARK_CHECK: Duration = Duration::from_millis(100);
 
 /// What [`supervise`] drives: a hyper connection.
 trait Serving {
@@ -1062,10 +1067,13 @@ async fn supervise<C: Serving>(
     // the earliest of the bounds; each time it fires, the real deadline is worked out from the activity.
     let mut first_check = limits.header_read_timeout.min(limits.idle_timeout);
     if park {
-        first_check = first_check.min(PARK_AFTER);
+        first_check = first_check.min(PARK_CHECK);
     }
     let watchdog = tokio::time::sleep_until(since + first_check);
     tokio::pin!(watchdog);
+    // Made once: each poll of a new one would join (and leave) the waiters of the listener-wide stop signal.
+    let stop = stopped.wait_for(|stop| *stop);
+    tokio::pin!(stop);
     let mut closing = Closing::No;
     loop {
         tokio::select! {
@@ -1081,7 +1089,7 @@ async fn supervise<C: Serving>(
                     }
                 };
             }
-            _ = stopped.wait_for(|stop| *stop), if closing == Closing::No => {
+            _ = &mut stop, if closing == Closing::No => {
                 conn.graceful_shutdown();
                 closing = Closing::Shutdown;
             }
@@ -1097,8 +1105,8 @@ async fn supervise<C: Serving>(
                     tracing::debug!(%peer, "idle connection did not close in time; dropping it");
                     return (Ended::Closed, conn);
                 }
-                // While it may be parked, the connection is looked at every PARK_AFTER.
-                let recheck = now + if park { PARK_AFTER } else { limits.idle_timeout };
+                // While it may be parked, the connection is looked at every PARK_CHECK.
+                let recheck = now + if park { PARK_CHECK } else { limits.idle_timeout };
                 let park_at = activity
                     .parkable_since()
                     .filter(|_| park)
@@ -1110,9 +1118,7 @@ async fn supervise<C: Serving>(
                         watchdog.as_mut().reset(now + limits.header_read_timeout);
                     }
                     None => watchdog.as_mut().reset(recheck),
-                    Some(deadline) if deadline > now => {
-                        watchdog.as_mut().reset(deadline.min(park_at.unwrap_or(recheck)));
-                    }
+                    Some(deadline) if deadline > now => watchdog.as_mut().reset(deadline.min(recheck)),
                     Some(_) => {
                         conn.graceful_shutdown();
                         closing = Closing::Idle;
@@ -1674,7 +1680,7 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
         assert!(matches!(closed, Ok(Ok(0))), "not closed: {closed:?}");
         assert!(asked.elapsed() >= config.header_read_timeout);
-        assert!(asked.elapsed() < config.header_read_timeout + PARK_AFTER * 2);
+        assert!(asked.elapsed() < config.header_read_timeout + PARK_CHECK * 2);
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     }
@@ -1726,7 +1732,7 @@ mod tests {
                 received.extend_from_slice(&chunk[..n]);
             }
             // Parked by now.
-            tokio::time::sleep(PARK_AFTER * 10).await;
+            tokio::time::sleep(PARK_AFTER + PARK_CHECK * 2).await;
         }
         let received = String::from_utf8_lossy(&received);
         assert_eq!(received.matches("HTTP/1.1 200").count(), 2, "{received}");
