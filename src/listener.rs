@@ -862,8 +862,8 @@ const PARK_AFTER: Duration = Duration::from_millis(20);
 const PARK_CHECK: Duration = Duration::from_millis(100);
 
 /// How often a connection with a request in flight is looked at: it cannot be parked before the request is done,
-/// and LL-HLS viewers hold blocking requests most of the time (looking every `PARK_CHECK` doubled the relay's CPU
-/// per part with 100 viewers).
+/// and LL-HLS viewers hold blocking requests most of the time (looked at every 20-100 ms, the relay took 37 ms of
+/// CPU per part for 100 LL-HLS viewers instead of 15 ms: benches/latency).
 const IN_FLIGHT_CHECK: Duration = Duration::from_secs(1);
 
 /// What [`supervise`] drives: a hyper connection.
