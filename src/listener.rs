@@ -12,8 +12,8 @@
 //!        ─► HTTP/2 (first bytes may be its preface, or ALPN h2): hyper-util auto (stream cap, pings)
 //!           HTTP/1.x: loop { read the request head whole (header_read_timeout)
 //!                            ─► hyper's http1 (max_header_bytes) serves it and what follows
-//!                            ─► idle for 20-120 ms between bodiless requests, the last response sent: park
-//!                               (hyper's state dropped), wait for the next request; the next head is due
+//!                            ─► idle between bodiless requests (20 ms at least, the last response sent):
+//!                               park (hyper's state dropped), wait for the next request; the next head is due
 //!                               header_read_timeout after the last response }
 //!        ─► watchdog: first request within header_read_timeout, then idle_timeout between requests,
 //!                     shutdown: finish in-flight responses (the accept loop cuts them at shutdown_grace)
@@ -779,8 +779,8 @@ impl Connection<'_> {
     /// HTTP/1.x: each request head is read whole, into a buffer the size of what arrived, before hyper gets it
     /// (hyper's read buffer grows from 8KiB to 16KiB when a head takes more than one read, so every slow or
     /// slowloris client would hold 16KiB plus hyper's 8KiB write buffer for a few bytes). A connection that stays
-    /// idle between bodiless requests for [`PARK_AFTER`], its last response handed to the socket, is *parked*: hyper's connection
-    /// (its buffers and state) is dropped, the socket waits for the next request on its own, and a new hyper
+    /// idle between bodiless requests for [`PARK_AFTER`], its last response handed to the socket, is *parked*:
+    /// hyper's connection (its buffers and state) is dropped, the socket waits for the next request on its own, and a new hyper
     /// connection takes it then. The next head must still arrive within `header_read_timeout` of the last
     /// response, as with hyper's own keep-alive timer.
     async fn serve_http1<I>(mut self, mut io: I, accepted: Instant)
