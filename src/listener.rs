@@ -404,20 +404,12 @@ impl Server {
     /// Serves `service` (an axum `Router`, or any service of axum requests) on `listener` until `shutdown`
     /// completes; then stops accepting, lets in-flight responses finish for up to `shutdown_grace`, cuts what
     /// remains and returns.
-    pub async fn serve<S>(
+    pub async fn serve(
         self,
         listener: TcpListener,
-        service: S,
+        service: impl HttpApp,
         shutdown: impl Future<Output = ()>,
-    ) -> io::Result<()>
-    where
-        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    ) -> io::Result<()> {
         let Self { config, tls } = self;
         // The watcher lives as long as this call: aborted on return (the guard drops it).
         let _watcher = tls
@@ -497,20 +489,12 @@ impl Server {
 }
 
 /// [`Server::new`] then [`Server::serve`]; a bad certificate is an `InvalidInput` error naming its config key.
-pub async fn serve<S>(
+pub async fn serve(
     listener: TcpListener,
-    service: S,
+    service: impl HttpApp,
     config: ListenerConfig,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+) -> io::Result<()> {
     let server = Server::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     server.serve(listener, service, shutdown).await
 }
@@ -1230,6 +1214,30 @@ impl Drop for RequestGuard {
             state.idle_since = Instant::now();
         }
     }
+}
+
+/// What the listener serves: any service of axum requests that can be shared by every connection (an axum
+/// `Router`, the relay's `App`).
+pub trait HttpApp:
+    Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> HttpApp for S where
+    S: Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// What every connection calls, boxed once for all of them (the listener serves one service type).
