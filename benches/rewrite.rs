@@ -9,9 +9,9 @@ use std::hint::black_box;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hls_relay::call::CallId;
-use hls_relay::playlist::{UriSite, inspect, rewrite, rewrite_marked_with};
-use hls_relay::urlmap::{PlaylistLocation, PlaylistMapper, UrlSigner};
+use hls_relay::hls::playlist::{UriSite, inspect, rewrite, rewrite_marked_with};
+use hls_relay::hls::urlmap::{PlaylistLocation, PlaylistMapper, UrlSigner};
+use hls_relay::stream::call::CallId;
 use url::Url;
 
 const MEDIA_LINES: usize = 1_000;

@@ -14,9 +14,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::call::CallId;
 use crate::config::{Config, ConfigError};
-use crate::stream_api::{self, ApiError, StreamApi};
+use crate::stream::api::{self, ApiError, StreamApi};
+use crate::stream::call::CallId;
 
 const API_FAILURE: u8 = 1;
 const USAGE_FAILURE: u8 = 2;
@@ -211,7 +211,7 @@ async fn execute(
 
 /// The call's state for people, from a get-call response.
 fn describe(call: &CallId, response: &Value) -> Result<String, ApiError> {
-    let state = stream_api::call_state(response)?;
+    let state = api::call_state(response)?;
     let yes_no = |flag: bool| if flag { "yes" } else { "no" };
     let backstage = response["call"]["backstage"]
         .as_bool()

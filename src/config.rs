@@ -12,9 +12,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::access::{AccessConfig, AccessMode};
-use crate::embed::EmbedConfig;
-use crate::listener::{ListenerConfig, TlsPaths};
+use crate::http::access::{AccessConfig, AccessMode};
+use crate::http::embed::EmbedConfig;
+use crate::http::listener::{ListenerConfig, TlsPaths};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::config::Config;
-use crate::server::{self, RunningRelay};
+use crate::http::server::{self, RunningRelay};
 use crate::sim::{self, CallSetup, Flavour, SimConfig};
 use crate::telemetry;
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::events::webhook::Refusal;
+
 /// Everything a viewer request can fail with. Cloneable because one failed upstream fill answers every viewer
 /// that was waiting on it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -21,6 +23,10 @@ pub enum RelayError {
     Forbidden(String),
     #[error("{0}")]
     InvalidSignature(String),
+    #[error("{0}")]
+    WrongApp(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("{0}")]
     TokenRequired(String),
     #[error("{0}")]
@@ -48,10 +54,12 @@ impl RelayError {
             }
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::InvalidSignature(_)
+            | Self::WrongApp(_)
             | Self::TokenRequired(_)
             | Self::TokenExpired(_)
             | Self::TokenInvalid(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UpstreamError(_) | Self::BadUpstreamPlaylist(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -66,6 +74,8 @@ impl RelayError {
             Self::NotFound(_) => "not_found",
             Self::Forbidden(_) => "forbidden",
             Self::InvalidSignature(_) => "invalid_signature",
+            Self::WrongApp(_) => "wrong_app",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::TokenRequired(_) => "token_required",
             Self::TokenExpired(_) => "token_expired",
             Self::TokenInvalid(_) => "token_invalid",
@@ -80,6 +90,19 @@ impl RelayError {
     /// Whether the failure is the viewer's (logged quietly) rather than upstream's or ours.
     pub fn is_client_error(&self) -> bool {
         self.status().is_client_error()
+    }
+}
+
+impl From<Refusal> for RelayError {
+    fn from(refusal: Refusal) -> Self {
+        let message = refusal.to_string();
+        match refusal {
+            Refusal::OtherApp => Self::WrongApp(message),
+            Refusal::UnsupportedEncoding(_) => Self::UnsupportedMediaType(message),
+            Refusal::TooLarge { limit } => Self::PayloadTooLarge(limit),
+            Refusal::BadGzip(_) => Self::BadRequest(message),
+            Refusal::BadSignature => Self::InvalidSignature(message),
+        }
     }
 }
 

@@ -16,32 +16,31 @@
 //!                          playlist: inspect (m3u8-rs) + rewrite URIs via urlmap; policy sets freshness
 //! ```
 //!
-//! The pure core: [`playlist`] (reading and URI rewriting over bytes), [`urlmap`] (signed relay URLs),
-//! [`policy`] (freshness, Cache-Control, content types), [`call`] (call ids), [`config`]. The I/O shell:
-//! [`server`], [`relay`], [`cache`], [`upstream`], [`resolver`], [`stream_api`]. [`error`] is the one place
-//! failures become HTTP. [`sim`] is a simulated Stream backend for tests, benchmarks and [`demo`].
+//! The tree shows the layers, and imports flow one way, from the shell to the pure core:
+//!
+//! - [`hls`], the pure core: [`hls::playlist`] (reading and URI rewriting over bytes), [`hls::urlmap`] (relay
+//!   URLs), [`hls::policy`] (freshness, Cache-Control, content types), [`hls::blocking`] (LL-HLS directives),
+//!   [`hls::encoding`] (compressed variants).
+//! - [`stream`]: Stream's side: [`stream::call`] (call ids), [`stream::api`] (the REST client),
+//!   [`stream::resolver`] (which playlist a call broadcasts, cached and coalesced).
+//! - [`events`]: how the relay learns of broadcast changes ([`events::webhook`]) and tells pages
+//!   ([`events::hub`]).
+//! - [`relay`]: the data path ([`relay::Relay`]), its [`relay::cache`] (moka + streaming fills) and
+//!   [`relay::upstream`] (the HTTP client to Stream's CDN).
+//! - [`http`]: the shell: [`http::listener`] (accept loop, HTTP/1.1, h2, TLS), [`http::server`] (routes),
+//!   [`http::access`] (viewer tokens), [`http::embed`] (the player page).
+//! - [`config`], [`error`] (the one place failures become HTTP), [`telemetry`], [`cli`] (operator commands),
+//!   [`sim`] (a simulated Stream backend for tests, benchmarks and [`demo`]).
 #![forbid(unsafe_code)]
 
-pub mod access;
-pub mod blocking;
-pub mod cache;
-pub mod call;
 pub mod cli;
 pub mod config;
 pub mod demo;
-pub mod embed;
-pub mod encoding;
 pub mod error;
-pub mod listener;
-pub mod live;
-pub mod playlist;
-pub mod policy;
+pub mod events;
+pub mod hls;
+pub mod http;
 pub mod relay;
-pub mod resolver;
-pub mod server;
 pub mod sim;
-pub mod stream_api;
+pub mod stream;
 pub mod telemetry;
-pub mod upstream;
-pub mod urlmap;
-pub mod webhook;

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hls_relay::config::Config;
-use hls_relay::{demo, server, telemetry};
+use hls_relay::http::server;
+use hls_relay::{demo, telemetry};
 
 /// jemalloc rather than glibc's malloc: with 5,000 idle HTTP/1.1 connections it keeps ~8KiB resident per connection
 /// where glibc keeps ~13KiB, and it returns freed memory to the OS (benches/memory/README.md).
@@ -108,7 +109,7 @@ async fn serve(
             )
         })?;
     // Loaded before anything else starts: a bad certificate stops start-up naming its config key.
-    let http = hls_relay::listener::Server::new(config.listener())?;
+    let http = hls_relay::http::listener::Server::new(config.listener())?;
     let relay = server::build_relay(config)?;
     tracing::info!(addr = %listener.local_addr()?, tls = http.tls().is_some(), "hls-relay listening");
     http.serve(listener, server::app(relay), server::shutdown_signal())

@@ -50,7 +50,9 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_seconds: HistogramVec,
     pub api_lookups: IntCounterVec,
-    pub webhooks: IntCounterVec,
+    pub events: IntCounterVec,
+    pub event_lag_seconds: HistogramVec,
+    pub sqs_receive_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -97,12 +99,31 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
-        let webhooks = IntCounterVec::new(
+        let events = IntCounterVec::new(
             Opts::new(
-                "webhooks_total",
-                "Stream webhook deliveries by event type and outcome",
+                "events_total",
+                "Stream events by source (webhook, sqs), event type and outcome",
             ),
-            &["type", "outcome"],
+            &["source", "type", "outcome"],
+        )
+        .expect("valid metric");
+        let event_lag_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "event_lag_seconds",
+                "Time from an event's created_at to its arrival at the relay, by source",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+            ]),
+            &["source"],
+        )
+        .expect("valid metric");
+        let sqs_receive_errors = IntCounterVec::new(
+            Opts::new(
+                "sqs_receive_errors_total",
+                "Failed SQS requests, by operation (receive, delete)",
+            ),
+            &["operation"],
         )
         .expect("valid metric");
         for collector in [
@@ -113,7 +134,9 @@ impl Metrics {
             Box::new(upstream_requests.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(api_lookups.clone()),
-            Box::new(webhooks.clone()),
+            Box::new(events.clone()),
+            Box::new(event_lag_seconds.clone()),
+            Box::new(sqs_receive_errors.clone()),
         ] {
             registry
                 .register(collector)
@@ -128,7 +151,9 @@ impl Metrics {
             upstream_requests,
             upstream_seconds,
             api_lookups,
-            webhooks,
+            events,
+            event_lag_seconds,
+            sqs_receive_errors,
         }
     }
 

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use hls_relay::access::AccessMode;
+use hls_relay::http::access::AccessMode;
 
 fn now() -> u64 {
     std::time::SystemTime::now()

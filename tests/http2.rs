@@ -11,7 +11,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use axum::routing::get;
 use bytes::Bytes;
-use hls_relay::listener::{ListenerConfig, Server, Tls, TlsConnection, TlsPaths};
+use hls_relay::http::listener::{ListenerConfig, Server, Tls, TlsConnection, TlsPaths};
 use reqwest::{Certificate, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};

@@ -143,7 +143,9 @@ async fn forged_missing_and_oversized_deliveries_change_nothing() {
     assert!(broadcasting(&world, "ts").await);
     let metrics = world.get("/metrics").await.text().await.unwrap();
     assert!(
-        metrics.contains("hls_relay_webhooks_total{outcome=\"refused\",type=\"unverified\"} 3"),
+        metrics.contains(
+            "hls_relay_events_total{outcome=\"refused\",source=\"webhook\",type=\"unverified\"} 3"
+        ),
         "{metrics}"
     );
 }

@@ -138,7 +138,7 @@ async fn five_hundred_viewers_blocked_on_the_next_part_cause_one_upstream_reques
         !media.contains(&world.sim.addr().to_string()),
         "parts and hints are relayed"
     );
-    let info = hls_relay::playlist::inspect(media.as_bytes()).unwrap();
+    let info = hls_relay::hls::playlist::inspect(media.as_bytes()).unwrap();
     let (msn, part) = (
         info.media_sequence + info.segment_count as u64,
         info.trailing_parts,
@@ -167,7 +167,7 @@ async fn five_hundred_viewers_blocked_on_the_next_part_cause_one_upstream_reques
     for response in join_all(viewers).await {
         assert_eq!(response.status(), 200);
         let playlist = response.text().await.unwrap();
-        let info = hls_relay::playlist::inspect(playlist.as_bytes()).unwrap();
+        let info = hls_relay::hls::playlist::inspect(playlist.as_bytes()).unwrap();
         let next = info.media_sequence + info.segment_count as u64;
         assert!(
             next > msn || info.trailing_parts as u64 > part as u64,

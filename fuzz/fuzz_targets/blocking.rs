@@ -12,12 +12,12 @@
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use hls_relay::blocking::{
+use hls_relay::hls::blocking::{
     Directives, blocking_max_age, check_reachable, hold_limit, poll_interval, satisfies,
 };
 use hls_relay::config::CacheConfig;
-use hls_relay::playlist::{PlaylistInfo, inspect};
-use hls_relay::policy::playlist_freshness;
+use hls_relay::hls::playlist::{PlaylistInfo, inspect};
+use hls_relay::hls::policy::playlist_freshness;
 use libfuzzer_sys::fuzz_target;
 
 /// Checks named in `FUZZ_SKIP` (comma-separated) are left out, to fuzz past a finding until it is fixed (see

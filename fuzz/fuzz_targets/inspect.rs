@@ -9,7 +9,7 @@
 //! is not seen. `rewrite` refuses such playlists, so the relay never serves them.)
 #![no_main]
 
-use hls_relay::playlist::{PlaylistInfo, PlaylistKind, inspect, rewrite, with_endlist};
+use hls_relay::hls::playlist::{PlaylistInfo, PlaylistKind, inspect, rewrite, with_endlist};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -11,9 +11,9 @@
 //!   playlist with its first half dropped, as a live playlist drops old segments).
 #![no_main]
 
-use hls_relay::call::CallId;
-use hls_relay::playlist::{Rewritten, rewrite_marked, rewrite_marked_with, with_query};
-use hls_relay::urlmap::{PlaylistLocation, PlaylistMapper, UrlSigner};
+use hls_relay::stream::call::CallId;
+use hls_relay::hls::playlist::{Rewritten, rewrite_marked, rewrite_marked_with, with_query};
+use hls_relay::hls::urlmap::{PlaylistLocation, PlaylistMapper, UrlSigner};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 use url::Url;

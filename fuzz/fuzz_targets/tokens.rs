@@ -12,10 +12,10 @@
 
 use std::sync::LazyLock;
 
-use hls_relay::access::{AccessConfig, AccessMode, Gate};
-use hls_relay::blocking::Directives;
-use hls_relay::call::CallId;
-use hls_relay::webhook;
+use hls_relay::http::access::{AccessConfig, AccessMode, Gate};
+use hls_relay::hls::blocking::Directives;
+use hls_relay::stream::call::CallId;
+use hls_relay::events::webhook;
 use libfuzzer_sys::fuzz_target;
 use time::OffsetDateTime;
 

@@ -13,9 +13,9 @@
 
 use std::sync::LazyLock;
 
-use hls_relay::call::CallId;
-use hls_relay::server::check_path;
-use hls_relay::urlmap::{MAX_LOCATION_LEN, MapError, ObjectKind, PlaylistLocation, UrlSigner};
+use hls_relay::stream::call::CallId;
+use hls_relay::http::server::check_path;
+use hls_relay::hls::urlmap::{MAX_LOCATION_LEN, MapError, ObjectKind, PlaylistLocation, UrlSigner};
 use libfuzzer_sys::fuzz_target;
 use url::Url;
 

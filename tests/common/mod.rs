@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hls_relay::config::Config;
-use hls_relay::server::RunningRelay;
+use hls_relay::http::server::RunningRelay;
 pub use hls_relay::sim::CallSetup;
 use hls_relay::sim::{self, SimConfig, SimHandle};
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use url::Url;
 
-use crate::call::CallId;
 use crate::error::RelayError;
-use crate::stream_api::{ApiError, CallState, StreamApi};
+use crate::stream::api::{ApiError, CallState, StreamApi};
+use crate::stream::call::CallId;
 use crate::telemetry::Metrics;
 
 /// A call as the relay serves it.

@@ -1,30 +1,69 @@
-//! Stream's webhooks: signature check over the raw body, then what each event means for the call's broadcast.
+//! How the relay learns that a broadcast started, stopped or failed, and how it tells pages.
 //!
-//! Stream signs each delivery with `X-Signature`, the hex HMAC-SHA256 of the exact body keyed by the API secret.
-//! The check runs before parsing, in constant time. Deliveries may repeat or arrive out of order; the resolver
-//! applies an event only if it is not older than one already applied to the call.
+//! Stream delivers the same events several ways; each way only gets the event's JSON to [`parse`], and the relay
+//! applies every event the same way (`Relay::apply_event`), whatever its [`Source`]:
+//!
+//! ```text
+//! webhook  (POST, X-Signature, maybe gzip) ─► webhook::open ──┐
+//! SQS / SNS→SQS (JSON, base64(gzip), envelope) ─► payload ────┼─► parse ─► Relay::apply_event ─► resolver, hub
+//! ```
+//!
+//! - [`timestamp`]: Stream's timestamps in every form it sends them.
+//! - [`payload`]: bounded gzip inflation and the queue message forms (pure).
+//! - [`webhook`]: a delivery's checks: app key, content coding, size, signature (pure).
+//! - [`replay`]: the webhook ids already applied, so that a retried delivery is applied once.
+//! - [`hub`]: the per-call channels that Server-Sent Events read.
 
-use hmac::{Hmac, KeyInit, Mac};
+pub mod hub;
+pub mod payload;
+pub mod replay;
+pub mod timestamp;
+pub mod webhook;
+
 use serde::Deserialize;
-use sha2::Sha256;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use url::Url;
 
-use crate::call::CallId;
-use crate::stream_api;
+use crate::stream::api;
+use crate::stream::call::CallId;
 
-/// Larger bodies are refused (413): Stream's events are a few KiB.
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Where an event reached the relay from: a metric label and a log field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Webhook,
+    Sqs,
+}
 
-/// Whether `signature` (hex) is the HMAC-SHA256 of `body` under `secret`.
-pub fn signature_is_valid(secret: &[u8], body: &[u8], signature: &str) -> bool {
-    let Ok(signature) = hex::decode(signature.trim()) else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(body);
-    mac.verify_slice(&signature).is_ok()
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Sqs => "sqs",
+        }
+    }
+}
+
+/// What became of an event, as metrics, logs and webhook answers say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// Older (`created_at`) than an event already applied to the call: a late or replayed delivery.
+    Stale,
+    /// A webhook delivery whose `X-Webhook-Id` was already applied.
+    Duplicate,
+    /// Not about a broadcast: acknowledged and counted.
+    Ignored,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Stale => "stale",
+            Self::Duplicate => "duplicate",
+            Self::Ignored => "ignored",
+        }
+    }
 }
 
 /// A verified event, reduced to what the relay acts on.
@@ -33,6 +72,8 @@ pub struct Event {
     pub kind: String,
     pub call: CallId,
     pub created_at: OffsetDateTime,
+    /// Whether `created_at` came from the event (false: the time it was received stands in).
+    pub timed: bool,
     pub action: Action,
 }
 
@@ -65,7 +106,7 @@ pub enum EventError {
     NotJson(String),
     #[error("event has no usable call_cid")]
     NoCall,
-    #[error("event created_at is not an RFC 3339 time: {0}")]
+    #[error("event created_at is neither an RFC 3339 time nor Unix nanoseconds: {0}")]
     BadTime(String),
 }
 
@@ -73,7 +114,8 @@ pub enum EventError {
 struct RawEvent {
     #[serde(rename = "type")]
     kind: String,
-    created_at: Option<String>,
+    #[serde(default)]
+    created_at: Option<serde_json::Value>,
     call_cid: Option<String>,
     hls_playlist_url: Option<String>,
     #[serde(default)]
@@ -103,7 +145,7 @@ pub fn type_label(kind: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-/// Reads a (verified) event body. `received_at` stands in for a missing `created_at`.
+/// Reads an event's JSON (already verified or trusted). `received_at` stands in for a missing `created_at`.
 pub fn parse(body: &[u8], received_at: OffsetDateTime) -> Result<Event, EventError> {
     let raw: RawEvent =
         serde_json::from_slice(body).map_err(|e| EventError::NotJson(e.to_string()))?;
@@ -116,17 +158,19 @@ pub fn parse(body: &[u8], received_at: OffsetDateTime) -> Result<Event, EventErr
         })
         .ok_or(EventError::NoCall)?;
     let call = CallId::from_cid(&cid).map_err(|_| EventError::NoCall)?;
-    let created_at = match &raw.created_at {
-        Some(text) => {
-            OffsetDateTime::parse(text, &Rfc3339).map_err(|_| EventError::BadTime(text.clone()))?
-        }
-        None => received_at,
+    let (created_at, timed) = match &raw.created_at {
+        None | Some(serde_json::Value::Null) => (received_at, false),
+        Some(value) => (
+            timestamp::parse(value).ok_or_else(|| EventError::BadTime(value.to_string()))?,
+            true,
+        ),
     };
     let action = action_of(&raw);
     Ok(Event {
         kind: raw.kind,
         call,
         created_at,
+        timed,
         action,
     })
 }
@@ -135,8 +179,7 @@ fn action_of(raw: &RawEvent) -> Action {
     // The event's `call` is the get-call response's `call`: read it the same way.
     let playlist_in_call = || {
         let call = raw.call.as_ref()?;
-        let body = serde_json::to_vec(&serde_json::json!({ "call": call })).ok()?;
-        stream_api::parse_call_state(&body).ok()
+        api::call_state(&serde_json::json!({ "call": call })).ok()
     };
     match raw.kind.as_str() {
         "call.broadcasting_started" | "call.hls_broadcasting_started" => {
@@ -175,19 +218,6 @@ mod tests {
     }
 
     #[test]
-    fn signatures_are_hmac_sha256_hex_of_the_raw_body() {
-        let body = br#"{"type":"call.ended"}"#;
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"secret").unwrap();
-        mac.update(body);
-        let good = hex::encode(mac.finalize().into_bytes());
-        assert!(signature_is_valid(b"secret", body, &good));
-        assert!(!signature_is_valid(b"other", body, &good));
-        assert!(!signature_is_valid(b"secret", b"{}", &good));
-        assert!(!signature_is_valid(b"secret", body, "zz"));
-        assert!(!signature_is_valid(b"secret", body, ""));
-    }
-
-    #[test]
     fn started_events_carry_the_playlist_url_under_either_name() {
         for kind in ["call.broadcasting_started", "call.hls_broadcasting_started"] {
             let body = format!(
@@ -197,6 +227,7 @@ mod tests {
             let event = parse(body.as_bytes(), now()).unwrap();
             assert_eq!(event.call.to_string(), "livestream:abc");
             assert_eq!(event.created_at.nanosecond(), 123_456_789);
+            assert!(event.timed);
             let Action::Started { playlist_url } = event.action else {
                 panic!("expected a start");
             };
@@ -205,6 +236,21 @@ mod tests {
                 "https://cdn.example.com/m.m3u8"
             );
         }
+    }
+
+    #[test]
+    fn created_at_is_read_as_text_or_unix_nanoseconds() {
+        let at = |created_at: &str| {
+            let body =
+                format!(r#"{{"type":"call.ended","call_cid":"a:b","created_at":{created_at}}}"#);
+            parse(body.as_bytes(), now()).unwrap().created_at
+        };
+        let text = at(r#""2026-11-26T10:00:00.5Z""#);
+        assert_eq!(at("1795687200500000000"), text);
+        assert_eq!(at(r#""1795687200500000000""#), text);
+        let untimed = parse(br#"{"type":"call.ended","call_cid":"a:b"}"#, now()).unwrap();
+        assert!(!untimed.timed);
+        assert_eq!(untimed.created_at, now());
     }
 
     #[test]
@@ -252,12 +298,13 @@ mod tests {
             parse(br#"{"type":"call.ended","call_cid":"BAD CID"}"#, now()),
             Err(EventError::NoCall)
         );
-        assert!(matches!(
-            parse(
-                br#"{"type":"call.ended","call_cid":"a:b","created_at":"yesterday"}"#,
-                now()
-            ),
-            Err(EventError::BadTime(_))
-        ));
+        for created_at in [r#""yesterday""#, "1.5", "true"] {
+            let body =
+                format!(r#"{{"type":"call.ended","call_cid":"a:b","created_at":{created_at}}}"#);
+            assert!(matches!(
+                parse(body.as_bytes(), now()),
+                Err(EventError::BadTime(_))
+            ));
+        }
     }
 }

@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use crate::call::CallId;
 use crate::config::ConfigError;
 use crate::error::RelayError;
 use crate::relay::Relay;
+use crate::stream::call::CallId;
 
 const PAGE: &str = include_str!("embed/page.html");
 const STYLE: &str = include_str!("embed/style.css");

@@ -24,22 +24,22 @@ use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 use tracing::Instrument;
 
-use crate::blocking::Directives;
-use crate::cache::CachedObject;
-use crate::call::CallId;
 use crate::config::Config;
-use crate::encoding::{self, Coding};
 use crate::error::RelayError;
-use crate::listener::TlsConnection;
-use crate::live::CallEvent;
-use crate::playlist;
+use crate::events::hub::CallEvent;
+use crate::events::{self, Outcome, Source, webhook};
+use crate::hls::blocking::Directives;
+use crate::hls::encoding::{self, Coding};
+use crate::hls::playlist;
+use crate::hls::urlmap::{ENTRY_PLAYLIST, UrlSigner};
+use crate::http::listener::TlsConnection;
+use crate::relay::cache::CachedObject;
+use crate::relay::upstream::Upstream;
 use crate::relay::{Relay, Served};
-use crate::resolver::{Resolution, Resolver};
-use crate::stream_api::StreamApi;
+use crate::stream::api::StreamApi;
+use crate::stream::call::CallId;
+use crate::stream::resolver::{Resolution, Resolver};
 use crate::telemetry::{CacheOutcome, Metrics};
-use crate::upstream::Upstream;
-use crate::urlmap::{ENTRY_PLAYLIST, UrlSigner};
-use crate::webhook;
 
 /// Longest request path accepted; relay object URLs are well under it.
 const MAX_PATH_LEN: usize = 4096;
@@ -178,7 +178,7 @@ fn router(relay: Relay) -> Router {
         .route("/v1/calls/{type}/{id}", get(call_state))
         .route("/v1/calls/{type}/{id}/events", get(call_events))
         .route("/metrics", get(metrics))
-        .merge(crate::embed::routes())
+        .merge(crate::http::embed::routes())
         .layer(CompressionLayer::new().compress_when(compressible));
     Router::new()
         .route("/v1/webhooks/stream", post(stream_webhook))
@@ -227,7 +227,7 @@ impl RunningRelay {
     pub async fn start(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let listener = TcpListener::bind(config.server.listen).await?;
         let addr = listener.local_addr()?;
-        let http = crate::listener::Server::new(config.listener())?;
+        let http = crate::http::listener::Server::new(config.listener())?;
         let relay = build_relay(config)?;
         let (shutdown, mut stop) = tokio::sync::watch::channel(false);
         let app = app(relay.clone());
@@ -516,51 +516,47 @@ fn sse_event(name: &str, call: &CallId, live: bool, playlist_url: &str) -> SseEv
     SseEvent::default().event(name).data(data.to_string())
 }
 
-/// `POST /v1/webhooks/stream`: Stream's signed event deliveries. The signature is checked over the raw bytes,
-/// before anything is parsed; a bad one changes nothing.
+/// `POST /v1/webhooks/stream`: Stream's event deliveries, plain or gzip-compressed. Every check (app key, coding,
+/// size, signature over the uncompressed JSON) runs before the event is parsed; a refused delivery changes nothing.
 async fn stream_webhook(
     State(relay): State<Relay>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, RelayError> {
+    let source = Source::Webhook;
+    // The raw body is bounded too; `webhook::open` bounds it again once inflated.
     let body = axum::body::to_bytes(body, webhook::MAX_BODY_BYTES)
         .await
         .map_err(|_| RelayError::PayloadTooLarge(webhook::MAX_BODY_BYTES))?;
-    let secret = relay
-        .config()
-        .stream
-        .api_secret
-        .as_deref()
-        .unwrap_or_default();
-    let signed = headers
-        .get("x-signature")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|signature| webhook::signature_is_valid(secret.as_bytes(), &body, signature));
-    let count = |kind: &str, outcome: &str| {
-        relay
-            .metrics()
-            .webhooks
-            .with_label_values(&[kind, outcome])
-            .inc();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let stream = &relay.config().stream;
+    let app = webhook::App {
+        api_key: stream.api_key.as_deref().unwrap_or_default(),
+        api_secret: stream.api_secret.as_deref().unwrap_or_default().as_bytes(),
     };
-    if !signed {
-        count("unverified", "refused");
-        return Err(RelayError::InvalidSignature(
-            "missing or wrong X-Signature: the body must be signed with the app's API secret"
-                .into(),
-        ));
-    }
-    let event = match webhook::parse(&body, time::OffsetDateTime::now_utc()) {
-        Ok(event) => event,
-        Err(error) => {
-            count("unparsed", "refused");
-            return Err(RelayError::BadRequest(error.to_string()));
+    let delivery = webhook::Delivery {
+        content_encoding: header("content-encoding"),
+        signature: header("x-signature"),
+        api_key: header("x-api-key"),
+        body: &body,
+    };
+    let json = webhook::open(delivery, app).map_err(|refusal| {
+        relay.count_event(source, "unverified", "refused");
+        RelayError::from(refusal)
+    })?;
+    let event = events::parse(&json, time::OffsetDateTime::now_utc()).map_err(|error| {
+        relay.count_event(source, "unparsed", "refused");
+        RelayError::BadRequest(error.to_string())
+    })?;
+    let outcome = match header("x-webhook-id") {
+        Some(id) if !relay.first_delivery(id) => {
+            relay.count_event(source, events::type_label(&event.kind), "duplicate");
+            tracing::info!(cid = %event.call, event = %event.kind, webhook_id = id, "webhook repeated");
+            Outcome::Duplicate
         }
+        _ => relay.apply_event(source, &event).await,
     };
-    let outcome = relay.apply_webhook(&event).await;
-    count(webhook::type_label(&event.kind), outcome);
-    tracing::info!(cid = %event.call, event = %event.kind, outcome, "webhook");
-    Ok(axum::Json(serde_json::json!({"ok": true, "outcome": outcome})).into_response())
+    Ok(axum::Json(serde_json::json!({"ok": true, "outcome": outcome.label()})).into_response())
 }
 
 /// The absolute URL of a call's entry playlist on this relay, carrying the viewer's token if there is one.

@@ -6,8 +6,8 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use url::Url;
 
-use crate::call::CallId;
 use crate::error::RelayError;
+use crate::stream::call::CallId;
 
 /// What the relay needs from a call's state.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,9 @@
 //!
 //! Fills run in their own task, so a viewer that goes away does not cancel the fetch others wait on.
 
+pub mod cache;
+pub mod upstream;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,25 +21,26 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use url::Url;
 
-use crate::access::Gate;
-use crate::blocking::{self, Directives};
-use crate::cache::{
-    Cache, CachedObject, Fill, FillStart, FillWriter, Lookup, PlaylistMeta, StreamHead, etag_for,
-};
-use crate::call::CallId;
 use crate::config::Config;
-use crate::encoding::Variants;
 use crate::error::RelayError;
-use crate::live::{CallEvent, CallHub};
-use crate::playlist::{self, PlaylistInfo, PlaylistKind};
-use crate::policy::{self, Freshness, PLAYLIST_CONTENT_TYPE};
-use crate::resolver::{Applied, Resolution, Resolver};
-use crate::telemetry::{CacheOutcome, Metrics};
-use crate::upstream::{HostPolicy, Upstream, UpstreamError, UpstreamResponse};
-use crate::urlmap::{
+use crate::events::hub::{CallEvent, CallHub};
+use crate::events::replay::SeenDeliveries;
+use crate::events::{self, Action, Event, Outcome, Source};
+use crate::hls::blocking::{self, Directives};
+use crate::hls::encoding::Variants;
+use crate::hls::playlist::{self, PlaylistInfo, PlaylistKind};
+use crate::hls::policy::{self, Freshness, PLAYLIST_CONTENT_TYPE};
+use crate::hls::urlmap::{
     ENTRY_PLAYLIST, MapError, ObjectKind, PlaylistLocation, PlaylistMapper, UrlSigner,
 };
-use crate::webhook;
+use crate::http::access::Gate;
+use crate::relay::cache::{
+    Cache, CachedObject, Fill, FillStart, FillWriter, Lookup, PlaylistMeta, StreamHead, etag_for,
+};
+use crate::relay::upstream::{HostPolicy, Upstream, UpstreamError, UpstreamResponse};
+use crate::stream::call::CallId;
+use crate::stream::resolver::{Applied, Resolution, Resolver};
+use crate::telemetry::{CacheOutcome, Metrics};
 
 /// How long an expired playlist is kept to answer with when its refresh fails (marked stale).
 const STALE_IF_ERROR: Duration = Duration::from_secs(30);
@@ -69,6 +73,8 @@ struct Inner {
     seen: moka::sync::Cache<CallId, Resolution>,
     /// Calls being polled for watching pages.
     polled: std::sync::Mutex<std::collections::HashSet<CallId>>,
+    /// Webhook ids already applied.
+    deliveries: SeenDeliveries,
     cache: Cache,
     resolver: Resolver,
     upstream: Upstream,
@@ -96,6 +102,7 @@ impl Relay {
                     .time_to_idle(Duration::from_secs(3600))
                     .build(),
                 polled: Default::default(),
+                deliveries: SeenDeliveries::default(),
                 cache,
                 resolver,
                 upstream,
@@ -134,20 +141,41 @@ impl Relay {
         &self.inner.hub
     }
 
-    /// Applies a verified webhook event at once (no API round-trip when it says enough) and returns the outcome
-    /// for metrics: `applied`, `stale` (older than what the call already had) or `ignored`.
-    pub async fn apply_webhook(&self, event: &webhook::Event) -> &'static str {
+    /// Applies an event at once (no API round-trip when it says enough), whatever way it came, and counts it.
+    /// An event older (`created_at`) than one already applied to the call changes nothing (`Stale`).
+    pub async fn apply_event(&self, source: Source, event: &Event) -> Outcome {
+        if event.timed {
+            let lag = time::OffsetDateTime::now_utc() - event.created_at;
+            self.inner
+                .metrics
+                .event_lag_seconds
+                .with_label_values(&[source.label()])
+                .observe(lag.as_seconds_f64().max(0.0));
+        }
+        let outcome = self.applied(event).await;
+        self.count_event(source, events::type_label(&event.kind), outcome.label());
+        tracing::info!(
+            source = source.label(),
+            cid = %event.call,
+            event = %event.kind,
+            outcome = outcome.label(),
+            "event"
+        );
+        outcome
+    }
+
+    async fn applied(&self, event: &Event) -> Outcome {
         let call = &event.call;
         let (resolution, failed) = match &event.action {
-            webhook::Action::Ignored => return "ignored",
-            webhook::Action::Started { playlist_url } => (
+            Action::Ignored => return Outcome::Ignored,
+            Action::Started { playlist_url } => (
                 playlist_url
                     .clone()
                     .map(|playlist_url| Resolution::Live { playlist_url }),
                 false,
             ),
-            webhook::Action::Stopped => (Some(Resolution::NotBroadcasting), false),
-            webhook::Action::Failed => (Some(Resolution::NotBroadcasting), true),
+            Action::Stopped => (Some(Resolution::NotBroadcasting), false),
+            Action::Failed => (Some(Resolution::NotBroadcasting), true),
         };
         let applied = self
             .inner
@@ -155,7 +183,7 @@ impl Relay {
             .apply_event(call, resolution.clone(), event.created_at)
             .await;
         if applied == Applied::Stale {
-            return "stale";
+            return Outcome::Stale;
         }
         match resolution {
             Some(resolution) => self.observe(call, &resolution, failed),
@@ -166,7 +194,22 @@ impl Relay {
                 tokio::spawn(async move { relay.resolve(&call).await });
             }
         }
-        "applied"
+        Outcome::Applied
+    }
+
+    /// `hls_relay_events_total{source,type,outcome}`; `kind` is a bounded label (`events::type_label`, or a
+    /// word such as `unverified` for what could not be read).
+    pub fn count_event(&self, source: Source, kind: &str, outcome: &str) {
+        self.inner
+            .metrics
+            .events
+            .with_label_values(&[source.label(), kind, outcome])
+            .inc();
+    }
+
+    /// Whether a webhook delivery id is new (see [`SeenDeliveries`]).
+    pub fn first_delivery(&self, webhook_id: &str) -> bool {
+        self.inner.deliveries.first_time(webhook_id)
     }
 
     /// Keeps a watched call's state current without webhooks: while pages watch it, the call is resolved every

@@ -18,8 +18,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use url::Url;
 
-use crate::call::CallId;
-use crate::playlist::{UriMapping, UriSite};
+use crate::hls::playlist::{UriMapping, UriSite};
+use crate::stream::call::CallId;
 
 /// File name of the stable entry URL `/hls/{type}/{id}/index.m3u8`.
 pub const ENTRY_PLAYLIST: &str = "index.m3u8";
@@ -568,7 +568,7 @@ fn is_plain_file_name(file: &str) -> bool {
         && file != EMPTY_FILE
         && file != "."
         && file != ".."
-        && crate::server::check_path(file).is_ok()
+        && crate::http::server::check_path(file).is_ok()
 }
 
 /// Splits an upstream URL into its location (everything but the file name, query included) and file name.
@@ -1008,7 +1008,10 @@ mod tests {
         ] {
             let reference = from_entry(&signer, url, ObjectKind::Media);
             let (location, seal, file) = parts(&reference);
-            assert!(crate::server::check_path(&reference).is_ok(), "{reference}");
+            assert!(
+                crate::http::server::check_path(&reference).is_ok(),
+                "{reference}"
+            );
             assert_eq!(
                 signer
                     .verify(&call(), location, seal, file)

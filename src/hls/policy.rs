@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::config::CacheConfig;
-use crate::playlist::{PlaylistInfo, PlaylistKind};
+use crate::hls::playlist::{PlaylistInfo, PlaylistKind};
 
 pub const PLAYLIST_CONTENT_TYPE: &str = "application/vnd.apple.mpegurl";
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::playlist::{PlaylistInfo, PlaylistKind};
+use crate::hls::playlist::{PlaylistInfo, PlaylistKind};
 
 /// What a player asked for with the reserved `_HLS_` query parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -17,10 +17,10 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::watch;
 
-use crate::encoding::Variants;
 use crate::error::RelayError;
-use crate::playlist::PlaylistInfo;
-use crate::urlmap::MappedUris;
+use crate::hls::encoding::Variants;
+use crate::hls::playlist::PlaylistInfo;
+use crate::hls::urlmap::MappedUris;
 
 /// A complete, verified response as the relay serves it. Headers are computed once, when it is stored.
 /// Cloning shares the body.

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
 
-use crate::call::CallId;
+use crate::stream::call::CallId;
 
 /// A change of a call's broadcast, as pages see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
