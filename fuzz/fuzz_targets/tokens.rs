@@ -2,8 +2,9 @@
 //! viewer tokens (JWT, HS256), `_HLS_` delivery directives and call ids.
 //!
 //! The first byte picks what the rest of the input is (mod 4):
-//! - 0: a webhook delivery, `body 0xFF signature`: `webhook::parse(body)` must not panic, and
-//!   `signature_is_valid` must be false (a random input cannot forge an HMAC-SHA256);
+//! - 0: an event delivery, `body 0xFF signature`: `events::parse(body)`, the webhook body's and the SQS message's
+//!   decoding (`payload`, gzip bounded) must not panic, and `signature_is_valid` must be false (a random input
+//!   cannot forge an HMAC-SHA256);
 //! - 1: a viewer token (lossy UTF-8): `Gate::admit` must not panic and must refuse it (token mode; the corpus holds
 //!   tokens signed with other secrets, expired ones, `alg: none` ones…), and a public gate lets it in untouched;
 //! - 2: a request query for `blocking::Directives::parse`;
@@ -15,7 +16,7 @@ use std::sync::LazyLock;
 use hls_relay::http::access::{AccessConfig, AccessMode, Gate};
 use hls_relay::hls::blocking::Directives;
 use hls_relay::stream::call::CallId;
-use hls_relay::events::webhook;
+use hls_relay::events::{self, payload, webhook};
 use libfuzzer_sys::fuzz_target;
 use time::OffsetDateTime;
 
@@ -42,8 +43,10 @@ fuzz_target!(|data: &[u8]| {
                 Some(split) => (&rest[..split], &rest[split + 1..]),
                 None => (rest, &[][..]),
             };
-            if let Ok(event) = webhook::parse(body, OffsetDateTime::UNIX_EPOCH) {
-                let _ = webhook::type_label(&event.kind);
+            let _ = payload::webhook_json(body, 64 * 1024);
+            let _ = payload::queue_message_json(&String::from_utf8_lossy(body), 64 * 1024);
+            if let Ok(event) = events::parse(body, OffsetDateTime::UNIX_EPOCH) {
+                let _ = events::type_label(&event.kind);
                 let _ = event.action.label();
                 let _ = event.call.to_string();
             }
