@@ -34,15 +34,40 @@ async fn post_webhook(
     body: Vec<u8>,
     signature: Option<String>,
 ) -> reqwest::Response {
+    post_delivery(
+        world,
+        body,
+        signature,
+        &[("x-api-key", world.sim.api_key())],
+    )
+    .await
+}
+
+/// A delivery with Stream's content type and any other headers (`content-encoding`, `x-webhook-id`, …).
+async fn post_delivery(
+    world: &World,
+    body: Vec<u8>,
+    signature: Option<String>,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
     let mut request = world
         .http
         .post(world.url("/v1/webhooks/stream"))
-        .header("content-type", "application/json")
-        .header("x-api-key", world.sim.api_key());
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     if let Some(signature) = signature {
         request = request.header("x-signature", signature);
     }
     request.body(body).send().await.unwrap()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
 }
 
 async fn deliver(world: &World, body: Vec<u8>) -> serde_json::Value {
@@ -148,6 +173,135 @@ async fn forged_missing_and_oversized_deliveries_change_nothing() {
         ),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn compressed_deliveries_are_signed_over_the_uncompressed_json() {
+    let world = world().await;
+    assert!(broadcasting(&world, "ts").await);
+    let stop = event(
+        "call.broadcasting_stopped",
+        "livestream:ts",
+        "2026-11-26T10:00:00Z",
+        None,
+    );
+    let compressed = gzip(&stop);
+    let key = world.sim.api_key();
+
+    // Signed over the compressed bytes: not Stream's signature.
+    let over_compressed = sign(world.sim.api_secret(), &compressed);
+    let headers = [("content-encoding", "gzip"), ("x-api-key", key)];
+    let response = post_delivery(&world, compressed.clone(), Some(over_compressed), &headers).await;
+    assert_error(response, 401, "invalid_signature").await;
+    assert!(broadcasting(&world, "ts").await);
+
+    let signature = sign(world.sim.api_secret(), &stop);
+    let response = post_delivery(&world, compressed, Some(signature.clone()), &headers).await;
+    assert_eq!(response.status(), 200);
+    let outcome: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(outcome["outcome"], "applied");
+    assert!(!broadcasting(&world, "ts").await);
+
+    // A proxy on the way inflated it and left the header: still the same delivery.
+    let restart = event(
+        "call.broadcasting_started",
+        "livestream:ts",
+        "2026-11-26T10:00:01Z",
+        Some(&world.sim.playlist_url("livestream", "ts").unwrap()),
+    );
+    let signature = sign(world.sim.api_secret(), &restart);
+    let response = post_delivery(&world, restart, Some(signature), &headers).await;
+    assert_eq!(response.status(), 200);
+    assert!(broadcasting(&world, "ts").await);
+}
+
+#[tokio::test]
+async fn gzip_bombs_other_apps_and_other_codings_are_refused() {
+    let world = world().await;
+    assert!(broadcasting(&world, "ts").await);
+    let stop = event(
+        "call.broadcasting_stopped",
+        "livestream:ts",
+        "2026-11-26T10:00:00Z",
+        None,
+    );
+    let signature = sign(world.sim.api_secret(), &stop);
+    let key = world.sim.api_key();
+
+    // 10 MB of JSON-looking bytes in ~10 KB of gzip: refused once 256 KiB are inflated.
+    let bomb = gzip(&vec![b' '; 10_000_000]);
+    assert!(bomb.len() < 64 * 1024);
+    let headers = [("content-encoding", "gzip"), ("x-api-key", key)];
+    let response = post_delivery(&world, bomb, Some(signature.clone()), &headers).await;
+    assert_error(response, 413, "payload_too_large").await;
+
+    let other_app = [("x-api-key", "another-apps-key")];
+    let response = post_delivery(&world, stop.clone(), Some(signature.clone()), &other_app).await;
+    assert_error(response, 401, "wrong_app").await;
+
+    let brotli = [("content-encoding", "br"), ("x-api-key", key)];
+    let response = post_delivery(&world, stop, Some(signature), &brotli).await;
+    let headers = assert_error(response, 415, "unsupported_media_type").await;
+    assert!(headers.contains_key("content-type"));
+
+    assert!(broadcasting(&world, "ts").await, "nothing changed");
+}
+
+#[tokio::test]
+async fn a_retried_webhook_id_is_applied_once() {
+    let world = world().await;
+    let stop = event(
+        "call.broadcasting_stopped",
+        "livestream:ts",
+        "2026-11-26T10:00:00Z",
+        None,
+    );
+    let signature = sign(world.sim.api_secret(), &stop);
+    let key = world.sim.api_key();
+    let mut outcomes = Vec::new();
+    for attempt in ["1", "2", "3"] {
+        let headers = [
+            ("x-api-key", key),
+            ("x-webhook-id", "2f1d1a52-retried"),
+            ("x-webhook-attempt", attempt),
+        ];
+        let response = post_delivery(&world, stop.clone(), Some(signature.clone()), &headers).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "a repeat is acknowledged, so Stream stops retrying"
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        outcomes.push(body["outcome"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(outcomes, ["applied", "duplicate", "duplicate"]);
+    assert!(!broadcasting(&world, "ts").await);
+    let metrics = world.get("/metrics").await.text().await.unwrap();
+    let applied = r#"hls_relay_events_total{outcome="applied",source="webhook",type="call.broadcasting_stopped"} 1"#;
+    let duplicate = r#"hls_relay_events_total{outcome="duplicate",source="webhook",type="call.broadcasting_stopped"} 2"#;
+    assert!(metrics.contains(applied), "{metrics}");
+    assert!(metrics.contains(duplicate), "{metrics}");
+}
+
+#[tokio::test]
+async fn times_in_unix_nanoseconds_order_with_rfc3339_ones() {
+    let world = world().await;
+    let stop_ns =
+        serde_json::json!({"type": "call.broadcasting_stopped", "call_cid": "livestream:ts",
+        "created_at": 1_795_687_200_000_000_000_i64})
+        .to_string()
+        .into_bytes();
+    assert_eq!(deliver(&world, stop_ns).await["outcome"], "applied");
+    // One second earlier, written as text: a late delivery.
+    let url = world.sim.playlist_url("livestream", "ts").unwrap();
+    let late_start = event(
+        "call.broadcasting_started",
+        "livestream:ts",
+        "2026-11-26T09:59:59Z",
+        Some(&url),
+    );
+    assert_eq!(deliver(&world, late_start).await["outcome"], "stale");
+    assert!(!broadcasting(&world, "ts").await);
 }
 
 #[tokio::test]
