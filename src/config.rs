@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::cluster::ClusterConfig;
 use crate::http::access::{AccessConfig, AccessMode};
 use crate::http::embed::EmbedConfig;
 use crate::http::listener::{ListenerConfig, TlsPaths};
@@ -29,6 +30,7 @@ pub struct Config {
     /// Serve HTTPS (ALPN h2, http/1.1) on `server.listen` with this certificate; unset: HTTP/1.1 and h2c.
     pub tls: Option<TlsPaths>,
     pub embed: EmbedConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -322,6 +324,7 @@ impl Config {
             ));
         }
         self.embed.validate()?;
+        self.cluster.validate()?;
         if self.cache.max_bytes.as_u64() < 1024 * 1024 {
             return Err(invalid("cache.max_bytes", "must be at least 1MiB"));
         }

@@ -29,11 +29,13 @@
 //!   [`relay::upstream`] (the HTTP client to Stream's CDN).
 //! - [`http`]: the shell: [`http::listener`] (accept loop, HTTP/1.1, h2, TLS), [`http::server`] (routes),
 //!   [`http::access`] (viewer tokens), [`http::embed`] (the player page).
+//! - [`cluster`]: several instances as one service, on Redis (shared events, call state, leases).
 //! - [`config`], [`error`] (the one place failures become HTTP), [`telemetry`], [`cli`] (operator commands),
 //!   [`sim`] (a simulated Stream backend for tests, benchmarks and [`demo`]).
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;

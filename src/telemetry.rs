@@ -53,6 +53,9 @@ pub struct Metrics {
     pub events: IntCounterVec,
     pub event_lag_seconds: HistogramVec,
     pub sqs_receive_errors: IntCounterVec,
+    pub cluster_redis_up: IntGauge,
+    pub cluster_errors: IntCounterVec,
+    pub cluster_lookups: IntCounterVec,
 }
 
 impl Metrics {
@@ -126,6 +129,28 @@ impl Metrics {
             &["operation"],
         )
         .expect("valid metric");
+        let cluster_redis_up = IntGauge::new(
+            "cluster_redis_up",
+            "1 while the fleet's Redis answers, 0 while this instance carries on alone",
+        )
+        .expect("valid metric");
+        let cluster_errors = IntCounterVec::new(
+            Opts::new(
+                "cluster_errors_total",
+                "Failed or timed-out Redis operations, by operation",
+            ),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let cluster_lookups = IntCounterVec::new(
+            Opts::new(
+                "cluster_lookups_total",
+                "Call look-ups through the fleet: shared (another instance's answer), waited (for the lease \
+                 holder's), leased (this instance asked the API), alone (Redis unreachable)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache_lookups.clone()),
@@ -137,6 +162,9 @@ impl Metrics {
             Box::new(events.clone()),
             Box::new(event_lag_seconds.clone()),
             Box::new(sqs_receive_errors.clone()),
+            Box::new(cluster_redis_up.clone()),
+            Box::new(cluster_errors.clone()),
+            Box::new(cluster_lookups.clone()),
         ] {
             registry
                 .register(collector)
@@ -154,6 +182,9 @@ impl Metrics {
             events,
             event_lag_seconds,
             sqs_receive_errors,
+            cluster_redis_up,
+            cluster_errors,
+            cluster_lookups,
         }
     }
 

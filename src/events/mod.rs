@@ -12,8 +12,10 @@
 //! - [`payload`]: bounded gzip inflation and the queue message forms (pure).
 //! - [`webhook`]: a delivery's checks: app key, content coding, size, signature (pure).
 //! - [`replay`]: the webhook ids already applied, so that a retried delivery is applied once.
+//! - [`fleet`]: events as instances of one fleet pass them on (through `cluster`).
 //! - [`hub`]: the per-call channels that Server-Sent Events read.
 
+pub mod fleet;
 pub mod hub;
 pub mod payload;
 pub mod replay;
@@ -26,12 +28,17 @@ use url::Url;
 
 use crate::stream::api;
 use crate::stream::call::CallId;
+use crate::stream::resolver::Resolution;
 
 /// Where an event reached the relay from: a metric label and a log field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Webhook,
     Sqs,
+    /// Another instance of the fleet applied it (`cluster`).
+    Fleet,
+    /// This instance's own look-up found the change (no event said so).
+    Poll,
 }
 
 impl Source {
@@ -39,6 +46,8 @@ impl Source {
         match self {
             Self::Webhook => "webhook",
             Self::Sqs => "sqs",
+            Self::Fleet => "fleet",
+            Self::Poll => "poll",
         }
     }
 }
@@ -75,6 +84,42 @@ pub struct Event {
     /// Whether `created_at` came from the event (false: the time it was received stands in).
     pub timed: bool,
     pub action: Action,
+}
+
+impl Event {
+    /// What a look-up found, as an event: how an instance tells its fleet of a change that no event announced.
+    pub fn found_by_poll(call: &CallId, resolution: &Resolution, at: OffsetDateTime) -> Self {
+        let (kind, action) = match resolution {
+            Resolution::Live { playlist_url } => (
+                "call.broadcasting_started",
+                Action::Started {
+                    playlist_url: Some(playlist_url.clone()),
+                },
+            ),
+            Resolution::NotBroadcasting | Resolution::NotFound => {
+                ("call.broadcasting_stopped", Action::Stopped)
+            }
+        };
+        Event {
+            kind: kind.into(),
+            call: call.clone(),
+            created_at: at,
+            timed: true,
+            action,
+        }
+    }
+
+    /// The call's state once the event is applied; `None` when the event does not say it all (a start without a
+    /// playlist URL) or says nothing about the broadcast.
+    pub fn resolution(&self) -> Option<Resolution> {
+        match &self.action {
+            Action::Started { playlist_url } => playlist_url
+                .clone()
+                .map(|playlist_url| Resolution::Live { playlist_url }),
+            Action::Stopped | Action::Failed => Some(Resolution::NotBroadcasting),
+            Action::Ignored => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,6 +24,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 use tracing::Instrument;
 
+use crate::cluster::Fleet;
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::events::hub::CallEvent;
@@ -56,7 +57,9 @@ pub fn build_relay(config: Config) -> Result<Relay, Box<dyn std::error::Error + 
         &api_secret,
         config.stream.timeout,
     );
-    let resolver = Resolver::new(api, config.stream.call_ttl, metrics.clone());
+    let fleet = Fleet::new(&config.cluster, metrics.clone())?;
+    let resolver = Resolver::new(api, config.stream.call_ttl, metrics.clone())
+        .with_fleet(fleet.clone(), config.stream.timeout);
     let upstream = Upstream::new(&config.upstream, metrics.clone())?;
     let signer = match &config.server.url_key {
         Some(key) => UrlSigner::new(key.as_bytes()),
@@ -68,7 +71,9 @@ pub fn build_relay(config: Config) -> Result<Relay, Box<dyn std::error::Error + 
             UrlSigner::random()
         }
     };
-    Ok(Relay::new(config, resolver, upstream, signer, metrics))
+    let relay = Relay::new(config, resolver, upstream, signer, fleet, metrics);
+    relay.follow_fleet();
+    Ok(relay)
 }
 
 /// The service every connection calls. Relay objects (`/hls/…`), nearly all of a relay's traffic, take a direct
@@ -183,7 +188,7 @@ fn router(relay: Relay) -> Router {
     Router::new()
         .route("/v1/webhooks/stream", post(stream_webhook))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(readiness))
         .merge(compressed)
         .fallback(|| async { RelayError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { method_not_allowed() })
@@ -191,6 +196,20 @@ fn router(relay: Relay) -> Router {
         .layer(middleware::from_fn(reject_hostile_paths))
         .layer(cors)
         .with_state(relay)
+}
+
+/// `GET /readyz`: ready whenever the process serves; the details say what it shares with its fleet. A fleet whose
+/// Redis is unreachable still serves (each instance alone), so that is not "not ready".
+async fn readiness(State(relay): State<Relay>) -> impl IntoResponse {
+    let redis = match relay.fleet() {
+        None => "off",
+        Some(fleet) if fleet.is_up() => "connected",
+        Some(_) => "unreachable",
+    };
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(serde_json::json!({"status": "ready", "redis": redis})),
+    )
 }
 
 /// Completes on Ctrl-C or SIGTERM (what container runtimes send before killing).
@@ -549,7 +568,7 @@ async fn stream_webhook(
         RelayError::BadRequest(error.to_string())
     })?;
     let outcome = match header("x-webhook-id") {
-        Some(id) if !relay.first_delivery(id) => {
+        Some(id) if !relay.first_delivery(id).await => {
             relay.count_event(source, events::type_label(&event.kind), "duplicate");
             tracing::info!(cid = %event.call, event = %event.kind, webhook_id = id, "webhook repeated");
             Outcome::Duplicate

@@ -21,11 +21,12 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use url::Url;
 
+use crate::cluster::Fleet;
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::events::hub::{CallEvent, CallHub};
-use crate::events::replay::SeenDeliveries;
-use crate::events::{self, Action, Event, Outcome, Source};
+use crate::events::replay::{self, SeenDeliveries};
+use crate::events::{self, Action, Event, Outcome, Source, fleet};
 use crate::hls::blocking::{self, Directives};
 use crate::hls::encoding::Variants;
 use crate::hls::playlist::{self, PlaylistInfo, PlaylistKind};
@@ -80,6 +81,8 @@ struct Inner {
     upstream: Upstream,
     signer: UrlSigner,
     gate: Gate,
+    /// The other instances, when `cluster.redis_url` is set.
+    fleet: Option<Fleet>,
     metrics: Arc<Metrics>,
 }
 
@@ -89,6 +92,7 @@ impl Relay {
         resolver: Resolver,
         upstream: Upstream,
         signer: UrlSigner,
+        fleet: Option<Fleet>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let cache = Cache::new(config.cache.max_bytes.as_u64());
@@ -108,6 +112,7 @@ impl Relay {
                 upstream,
                 signer,
                 gate,
+                fleet,
                 metrics,
             }),
         }
@@ -130,11 +135,47 @@ impl Relay {
         &self.inner.cache
     }
 
-    /// The call's resolution; any change from what the relay saw before is acted on (see [`Self::observe`]).
+    /// The call's resolution; any change from what the relay saw before is acted on (see [`Self::observe`]) and,
+    /// in a fleet, passed on to the other instances.
     pub async fn resolve(&self, call: &CallId) -> Result<Resolution, RelayError> {
         let resolution = self.inner.resolver.resolve(call).await?;
-        self.observe(call, &resolution, false);
+        if self.observe(call, &resolution, false)
+            && let Some(fleet) = &self.inner.fleet
+        {
+            let event = Event::found_by_poll(call, &resolution, time::OffsetDateTime::now_utc());
+            self.count_event(Source::Poll, "poll", Outcome::Applied.label());
+            let (fleet, entry) = (fleet.clone(), fleet::encode(&event));
+            tokio::spawn(async move { fleet.append_event(&entry).await });
+        }
         Ok(resolution)
+    }
+
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.inner.fleet.as_ref()
+    }
+
+    /// Applies what the other instances of the fleet applied, for as long as this relay lives.
+    pub fn follow_fleet(&self) {
+        let Some(fleet) = self.inner.fleet.clone() else {
+            return;
+        };
+        let (entries, mut received) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(fleet.read_events(entries));
+        let relay = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while let Some(entry) = received.recv().await {
+                let Some(inner) = relay.upgrade() else {
+                    return;
+                };
+                let relay = Relay { inner };
+                match fleet::decode(&entry.payload) {
+                    Some(event) => {
+                        relay.apply_event(Source::Fleet, &event).await;
+                    }
+                    None => relay.count_event(Source::Fleet, "unparsed", "refused"),
+                }
+            }
+        });
     }
 
     pub fn hub(&self) -> &CallHub {
@@ -154,6 +195,9 @@ impl Relay {
         }
         let outcome = self.applied(event).await;
         self.count_event(source, events::type_label(&event.kind), outcome.label());
+        if outcome == Outcome::Applied && source != Source::Fleet {
+            self.pass_on(event).await;
+        }
         tracing::info!(
             source = source.label(),
             cid = %event.call,
@@ -164,19 +208,24 @@ impl Relay {
         outcome
     }
 
+    /// Tells the fleet an event this instance applied: its state for look-ups, and the event for every instance.
+    async fn pass_on(&self, event: &Event) {
+        let Some(fleet) = &self.inner.fleet else {
+            return;
+        };
+        if let Some(resolution) = event.resolution() {
+            self.inner.resolver.share(&event.call, &resolution).await;
+        }
+        fleet.append_event(&fleet::encode(event)).await;
+    }
+
     async fn applied(&self, event: &Event) -> Outcome {
         let call = &event.call;
-        let (resolution, failed) = match &event.action {
-            Action::Ignored => return Outcome::Ignored,
-            Action::Started { playlist_url } => (
-                playlist_url
-                    .clone()
-                    .map(|playlist_url| Resolution::Live { playlist_url }),
-                false,
-            ),
-            Action::Stopped => (Some(Resolution::NotBroadcasting), false),
-            Action::Failed => (Some(Resolution::NotBroadcasting), true),
-        };
+        if event.action == Action::Ignored {
+            return Outcome::Ignored;
+        }
+        let failed = event.action == Action::Failed;
+        let resolution = event.resolution();
         let applied = self
             .inner
             .resolver
@@ -186,7 +235,9 @@ impl Relay {
             return Outcome::Stale;
         }
         match resolution {
-            Some(resolution) => self.observe(call, &resolution, failed),
+            Some(resolution) => {
+                self.observe(call, &resolution, failed);
+            }
             None => {
                 // Started, but the event did not say where: ask the API now rather than on the next viewer.
                 let relay = self.clone();
@@ -207,9 +258,21 @@ impl Relay {
             .inc();
     }
 
-    /// Whether a webhook delivery id is new (see [`SeenDeliveries`]).
-    pub fn first_delivery(&self, webhook_id: &str) -> bool {
-        self.inner.deliveries.first_time(webhook_id)
+    /// Whether a webhook delivery id is new (see [`SeenDeliveries`]), on this instance and in its fleet.
+    pub async fn first_delivery(&self, webhook_id: &str) -> bool {
+        if !self.inner.deliveries.first_time(webhook_id) {
+            return false;
+        }
+        match &self.inner.fleet {
+            Some(fleet) => {
+                let mark = format!(
+                    "webhook:{:032x}",
+                    xxhash_rust::xxh3::xxh3_128(webhook_id.as_bytes())
+                );
+                fleet.first_time(&mark, replay::RETENTION).await
+            }
+            None => true,
+        }
     }
 
     /// Keeps a watched call's state current without webhooks: while pages watch it, the call is resolved every
@@ -244,10 +307,11 @@ impl Relay {
     /// Acts on a call's state as the relay learns it (from the API or a webhook): when a broadcast starts or moves
     /// to a new playlist URL, the stable entry URL follows it; when it stops, players polling its live playlists
     /// get them once more with EXT-X-ENDLIST, so they finish instead of stalling. Pages watching the call are told.
-    fn observe(&self, call: &CallId, now: &Resolution, failed: bool) {
+    /// Returns whether the call changed from a state the relay had seen.
+    fn observe(&self, call: &CallId, now: &Resolution, failed: bool) -> bool {
         let before = self.inner.seen.get(call);
         if before.as_ref() == Some(now) {
-            return;
+            return false;
         }
         self.inner.seen.insert(call.clone(), now.clone());
         let prefix = format!("/hls/{}/{}/", call.kind(), call.id());
@@ -269,10 +333,12 @@ impl Relay {
         };
         let was_live = matches!(before, Some(Resolution::Live { .. }));
         let is_live = matches!(now, Resolution::Live { .. });
-        if before.is_some() && (was_live || is_live) {
+        let changed = before.is_some() && (was_live || is_live);
+        if changed {
             tracing::info!(cid = %call, event = event.name(), "broadcast state changed");
             self.inner.hub.publish(call, event);
         }
+        changed
     }
 
     fn end_live_playlists(&self, prefix: &str) {

@@ -1,12 +1,13 @@
 //! Call resolution: which playlist a call broadcasts, asked of the Stream API at most once per `stream.call_ttl`
 //! per call, however many viewers ask at once.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use url::Url;
 
+use crate::cluster::Fleet;
 use crate::error::RelayError;
 use crate::stream::api::{ApiError, CallState, StreamApi};
 use crate::stream::call::CallId;
@@ -43,6 +44,11 @@ impl Resolution {
     }
 }
 
+/// How long a 429 without `Retry-After` holds: Stream's rate limits are per minute.
+const RATE_LIMIT_DEFAULT: Duration = Duration::from_secs(60);
+/// How often an instance waiting for the lease holder's answer looks for it.
+const LEASE_POLL: Duration = Duration::from_millis(20);
+
 /// How long a call that answered once keeps playing while the API is unreachable.
 const LAST_KNOWN_TTL: Duration = Duration::from_secs(600);
 /// How long the time of a call's latest webhook event is remembered to refuse older, late deliveries.
@@ -65,12 +71,19 @@ pub struct Resolver {
     last_live: moka::sync::Cache<CallId, Url>,
     event_times: moka::sync::Cache<CallId, OffsetDateTime>,
     ttl: Duration,
+    /// Bound on one API request: how long the lease of a fleet-wide look-up lasts.
+    lease: Duration,
+    /// Until when Stream said to stop asking (429), as this instance knows it.
+    rate_limited_until: Arc<Mutex<Option<Instant>>>,
+    /// The fleet's shared call states, leases and rate limit, when `cluster.redis_url` is set.
+    fleet: Option<Fleet>,
     metrics: Arc<Metrics>,
 }
 
 impl Resolver {
     pub fn new(api: StreamApi, ttl: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
+            lease: Duration::from_secs(5),
             api,
             fresh: moka::future::Cache::builder()
                 .max_capacity(100_000)
@@ -89,8 +102,17 @@ impl Resolver {
                 .time_to_live(EVENT_TIME_TTL)
                 .build(),
             ttl,
+            rate_limited_until: Arc::default(),
+            fleet: None,
             metrics,
         }
+    }
+
+    /// Shares look-ups with the other instances of a fleet; `lease` bounds one API request (`stream.timeout`).
+    pub fn with_fleet(mut self, fleet: Option<Fleet>, lease: Duration) -> Self {
+        self.fleet = fleet;
+        self.lease = lease;
+        self
     }
 
     /// How long a "not broadcasting" answer holds: the natural Retry-After for viewers.
@@ -121,6 +143,67 @@ impl Resolver {
     }
 
     async fn look_up(&self, call: &CallId) -> Result<Resolution, ApiError> {
+        if let Some(fleet) = &self.fleet
+            && let Some(shared) = self.ask_fleet(fleet, call).await?
+        {
+            self.remember(call, &shared);
+            return Ok(shared);
+        }
+        self.ask_api(call).await
+    }
+
+    /// The fleet's answer: the state another instance shared, or the lease holder's once it has asked. `Ok(None)`
+    /// means this instance asks the API: it holds the lease, or Redis did not answer, or the holder took too long.
+    async fn ask_fleet(
+        &self,
+        fleet: &Fleet,
+        call: &CallId,
+    ) -> Result<Option<Resolution>, ApiError> {
+        let key = state_key(call);
+        let count = |outcome: &str| {
+            self.metrics
+                .cluster_lookups
+                .with_label_values(&[outcome])
+                .inc()
+        };
+        if let Some(shared) = fleet.get(&key).await.as_deref().and_then(decode_resolution) {
+            count("shared");
+            return Ok(Some(shared));
+        }
+        if let Some(retry_after) = fleet.get(RATE_LIMIT_KEY).await.and_then(|until| {
+            let until = Duration::from_millis(until.parse().ok()?);
+            until.checked_sub(unix_now())
+        }) {
+            return Err(ApiError::RateLimited {
+                retry_after: Some(retry_after),
+            });
+        }
+        match fleet.try_lease(&format!("lease:{call}"), self.lease).await {
+            Some(true) => count("leased"),
+            None => count("alone"),
+            Some(false) => {
+                let deadline = Instant::now() + self.lease;
+                while Instant::now() < deadline {
+                    tokio::time::sleep(LEASE_POLL).await;
+                    if let Some(shared) =
+                        fleet.get(&key).await.as_deref().and_then(decode_resolution)
+                    {
+                        count("waited");
+                        return Ok(Some(shared));
+                    }
+                }
+                count("alone");
+            }
+        }
+        Ok(None)
+    }
+
+    async fn ask_api(&self, call: &CallId) -> Result<Resolution, ApiError> {
+        if let Some(retry_after) = self.rate_limit_left() {
+            return Err(ApiError::RateLimited {
+                retry_after: Some(retry_after),
+            });
+        }
         let result = match self.api.get_call(call).await {
             Ok(state) => Ok(Resolution::from(state)),
             Err(ApiError::CallNotFound(_)) => Ok(Resolution::NotFound),
@@ -128,10 +211,48 @@ impl Resolver {
         };
         let label = result.as_ref().map_or("error", Resolution::label);
         self.metrics.api_lookups.with_label_values(&[label]).inc();
-        if let Ok(resolution) = &result {
-            self.remember(call, resolution);
+        match &result {
+            Ok(resolution) => {
+                self.remember(call, resolution);
+                self.share(call, resolution).await;
+            }
+            Err(ApiError::RateLimited { retry_after }) => {
+                self.rate_limited(retry_after.unwrap_or(RATE_LIMIT_DEFAULT))
+                    .await
+            }
+            Err(_) => {}
         }
         result
+    }
+
+    /// Tells the fleet a call's state, as an answer or an event gave it, for `stream.call_ttl`.
+    pub async fn share(&self, call: &CallId, resolution: &Resolution) {
+        if let Some(fleet) = &self.fleet {
+            fleet
+                .set(&state_key(call), &encode_resolution(resolution), self.ttl)
+                .await;
+        }
+    }
+
+    /// Honours a 429: no API request until `retry_after` has passed, on this instance and across the fleet.
+    async fn rate_limited(&self, retry_after: Duration) {
+        tracing::warn!(?retry_after, "Stream API rate limit: pausing look-ups");
+        *self
+            .rate_limited_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + retry_after);
+        if let Some(fleet) = &self.fleet {
+            let until = (unix_now() + retry_after).as_millis().to_string();
+            fleet.set(RATE_LIMIT_KEY, &until, retry_after).await;
+        }
+    }
+
+    fn rate_limit_left(&self) -> Option<Duration> {
+        let until = (*self
+            .rate_limited_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()))?;
+        until.checked_duration_since(Instant::now())
     }
 
     fn remember(&self, call: &CallId, resolution: &Resolution) {
@@ -175,6 +296,43 @@ impl Resolver {
     }
 }
 
+const RATE_LIMIT_KEY: &str = "ratelimit:get_call";
+
+fn state_key(call: &CallId) -> String {
+    format!("call:{call}")
+}
+
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// A resolution as the fleet shares it.
+pub fn encode_resolution(resolution: &Resolution) -> String {
+    let value = match resolution {
+        Resolution::Live { playlist_url } => {
+            serde_json::json!({"state": "live", "playlist_url": playlist_url.as_str()})
+        }
+        Resolution::NotBroadcasting => serde_json::json!({"state": "not_broadcasting"}),
+        Resolution::NotFound => serde_json::json!({"state": "not_found"}),
+    };
+    value.to_string()
+}
+
+/// A shared resolution; `None` for anything this version cannot read.
+pub fn decode_resolution(shared: &str) -> Option<Resolution> {
+    let value: serde_json::Value = serde_json::from_str(shared).ok()?;
+    match value.get("state")?.as_str()? {
+        "live" => Some(Resolution::Live {
+            playlist_url: Url::parse(value.get("playlist_url")?.as_str()?).ok()?,
+        }),
+        "not_broadcasting" => Some(Resolution::NotBroadcasting),
+        "not_found" => Some(Resolution::NotFound),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +345,24 @@ mod tests {
             Duration::from_millis(100),
         );
         Resolver::new(api, Duration::from_secs(60), Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn shared_resolutions_read_back() {
+        for resolution in [
+            Resolution::Live {
+                playlist_url: Url::parse("https://cdn.example.com/m.m3u8?sig=1").unwrap(),
+            },
+            Resolution::NotBroadcasting,
+            Resolution::NotFound,
+        ] {
+            assert_eq!(
+                decode_resolution(&encode_resolution(&resolution)),
+                Some(resolution)
+            );
+        }
+        assert_eq!(decode_resolution(r#"{"state":"exploded"}"#), None);
+        assert_eq!(decode_resolution("nope"), None);
     }
 
     #[tokio::test]
