@@ -5,7 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::StreamExt;
 use hls_relay::sim::CallSetup;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -404,63 +403,10 @@ async fn late_and_repeated_deliveries_never_override_newer_events() {
     assert_eq!(deliver(&world, other).await["outcome"], "ignored");
 }
 
-/// Reads `event:`/`data:` pairs from an SSE response, skipping keep-alive comments.
-struct SseReader {
-    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    buffer: String,
-}
-
-impl SseReader {
-    async fn open(world: &World, call: &str) -> SseReader {
-        let response = world
-            .http
-            .get(world.url(&format!("/v1/calls/livestream/{call}/events")))
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        assert!(
-            response.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/event-stream")
-        );
-        SseReader {
-            body: Box::pin(response.bytes_stream()),
-            buffer: String::new(),
-        }
-    }
-
-    async fn next(&mut self) -> (String, serde_json::Value) {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let field = |name: &str| {
-                    block
-                        .lines()
-                        .find_map(|line| line.strip_prefix(name))
-                        .map(|v| v.trim().to_owned())
-                };
-                if let (Some(name), Some(data)) = (field("event:"), field("data:")) {
-                    return (name, serde_json::from_str(&data).unwrap());
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(PATIENCE, self.body.next())
-                .await
-                .expect("an SSE event in time")
-                .expect("the stream stays open")
-                .unwrap();
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-}
-
 #[tokio::test]
 async fn pages_see_each_change_once_and_in_order() {
     let world = world().await;
-    let mut page = SseReader::open(&world, "ts").await;
+    let mut page = SseReader::open(&world.relay, "ts").await;
     let (name, state) = page.next().await;
     assert_eq!(name, "state");
     assert_eq!(state["broadcasting"], true);
@@ -530,7 +476,7 @@ async fn pages_see_each_change_once_and_in_order() {
 #[tokio::test]
 async fn pages_follow_the_api_when_no_webhook_comes() {
     let world = World::start_with(|c| c.stream.call_ttl = Duration::from_millis(200)).await;
-    let mut page = SseReader::open(&world, "ts").await;
+    let mut page = SseReader::open(&world.relay, "ts").await;
     assert_eq!(page.next().await.0, "state");
     world.sim.stop_broadcasting("livestream", "ts");
     let (name, data) = page.next().await;
@@ -562,7 +508,7 @@ async fn deliveries_from_a_stream_compatible_backend_drive_the_state() {
         ..CallSetup::default()
     };
     world.sim.add_call("livestream", "show", off_air);
-    let mut page = SseReader::open(&world, "show").await;
+    let mut page = SseReader::open(&world.relay, "show").await;
     assert_eq!(page.next().await.1["broadcasting"], false);
     let api_requests = world.sim.api_requests();
 

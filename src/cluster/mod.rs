@@ -224,6 +224,13 @@ impl Fleet {
         .map(|taken| taken.is_some())
     }
 
+    /// Gives a lease back before it runs out (its holder is done).
+    pub async fn release(&self, name: &str) {
+        let key = self.key(name);
+        self.run("release", |mut c| async move { c.del::<_, ()>(key).await })
+            .await;
+    }
+
     /// Marks `name` for `ttl`; true if this instance marked it first, or Redis did not answer (then the local
     /// check is all there is).
     pub async fn first_time(&self, name: &str, ttl: Duration) -> bool {

@@ -166,10 +166,6 @@ impl Resolver {
                 .with_label_values(&[outcome])
                 .inc()
         };
-        if let Some(shared) = fleet.get(&key).await.as_deref().and_then(decode_resolution) {
-            count("shared");
-            return Ok(Some(shared));
-        }
         if let Some(retry_after) = fleet.get(RATE_LIMIT_KEY).await.and_then(|until| {
             let until = Duration::from_millis(until.parse().ok()?);
             until.checked_sub(unix_now())
@@ -178,24 +174,30 @@ impl Resolver {
                 retry_after: Some(retry_after),
             });
         }
-        match fleet.try_lease(&format!("lease:{call}"), self.lease).await {
-            Some(true) => count("leased"),
-            None => count("alone"),
-            Some(false) => {
-                let deadline = Instant::now() + self.lease;
-                while Instant::now() < deadline {
-                    tokio::time::sleep(LEASE_POLL).await;
-                    if let Some(shared) =
-                        fleet.get(&key).await.as_deref().and_then(decode_resolution)
-                    {
-                        count("waited");
-                        return Ok(Some(shared));
-                    }
+        // Another instance's answer, or the lease to ask; while another instance holds the lease, its answer is
+        // looked for until the lease would have run out.
+        let deadline = Instant::now() + self.lease;
+        let mut waited = false;
+        loop {
+            if let Some(shared) = fleet.get(&key).await.as_deref().and_then(decode_resolution) {
+                count(if waited { "waited" } else { "shared" });
+                return Ok(Some(shared));
+            }
+            match fleet.try_lease(&lease_key(call), self.lease).await {
+                Some(true) => {
+                    count("leased");
+                    return Ok(None);
                 }
-                count("alone");
+                Some(false) if Instant::now() < deadline => {
+                    waited = true;
+                    tokio::time::sleep(LEASE_POLL).await;
+                }
+                _ => {
+                    count("alone");
+                    return Ok(None);
+                }
             }
         }
-        Ok(None)
     }
 
     async fn ask_api(&self, call: &CallId) -> Result<Resolution, ApiError> {
@@ -215,6 +217,9 @@ impl Resolver {
             Ok(resolution) => {
                 self.remember(call, resolution);
                 self.share(call, resolution).await;
+                if let Some(fleet) = &self.fleet {
+                    fleet.release(&lease_key(call)).await;
+                }
             }
             Err(ApiError::RateLimited { retry_after }) => {
                 self.rate_limited(retry_after.unwrap_or(RATE_LIMIT_DEFAULT))
@@ -300,6 +305,10 @@ const RATE_LIMIT_KEY: &str = "ratelimit:get_call";
 
 fn state_key(call: &CallId) -> String {
     format!("call:{call}")
+}
+
+fn lease_key(call: &CallId) -> String {
+    format!("lease:{call}")
 }
 
 fn unix_now() -> Duration {
