@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hls_relay::hls::playlist::{UriSite, inspect, rewrite, rewrite_marked_with};
-use hls_relay::hls::urlmap::{PlaylistLocation, PlaylistMapper, UrlSigner};
+use hls_relay::hls::urlmap::{PlaylistLocation, PlaylistMapper, UrlCodec};
 use hls_relay::stream::call::CallId;
 use url::Url;
 
@@ -115,7 +115,7 @@ fn benches(c: &mut Criterion) {
 
     // The relay's own mapping, as it runs on each new upstream version of a rendition's playlist: resolve against
     // the playlist's URL, sign, encode, write relative to where the relay serves the playlist.
-    let signer = UrlSigner::new(b"bench-url-key-0123456789");
+    let signer = UrlCodec::new(b"bench-url-key-0123456789");
     let call = CallId::new("livestream", "bench").unwrap();
     let base = Url::parse(
         "https://hls.stream-io-cdn.com/livestream/bench/1080p/index.m3u8?token=eyJhbGciOiJIUzI1NiJ9.e30&exp=1714567890",

@@ -39,9 +39,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Absolute base URL players reach the relay at (e.g. behind a CDN); empty: taken from each request's Host.
     pub public_url: Option<String>,
-    /// Key that signs the object URLs the relay writes into playlists. Instances that share it accept each
-    /// other's URLs; empty: a random key per process (URLs then die with the process).
+    /// Key that encrypts the object URLs the relay writes into playlists. Instances that share it accept each
+    /// other's URLs; empty: a random key per process (URLs then die with the process). The one-key form of
+    /// `url_keys`.
     pub url_key: Option<String>,
+    /// Keys for rotation: URLs are written with the first and accepted under any of them.
+    pub url_keys: Vec<String>,
     /// Bound on producing a response head (streamed media bodies run on).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -140,6 +143,16 @@ pub struct LogConfig {
     pub level: String,
 }
 
+impl ServerConfig {
+    /// The URL keys, the writing one first: `url_keys`, or `url_key` alone; empty when neither is set.
+    pub fn url_keys(&self) -> Vec<&str> {
+        match &self.url_key {
+            Some(key) => vec![key.as_str()],
+            None => self.url_keys.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         let listener = ListenerConfig::default();
@@ -147,6 +160,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             public_url: None,
             url_key: None,
+            url_keys: Vec::new(),
             request_timeout: Duration::from_secs(30),
             header_read_timeout: listener.header_read_timeout,
             max_header_bytes: listener.max_header_bytes,
@@ -275,12 +289,24 @@ impl Config {
                 ));
             }
         }
+        if self.server.url_key.is_some() && !self.server.url_keys.is_empty() {
+            return Err(invalid(
+                "server.url_keys",
+                "set either server.url_key (one key) or server.url_keys (rotation), not both",
+            ));
+        }
         if let Some(key) = &self.server.url_key
             && key.len() < 16
         {
             return Err(invalid(
                 "server.url_key",
-                "must be at least 16 characters (it signs every relay URL)",
+                "must be at least 16 characters (it encrypts every relay URL)",
+            ));
+        }
+        if self.server.url_keys.iter().any(|key| key.len() < 16) {
+            return Err(invalid(
+                "server.url_keys",
+                "every key must be at least 16 characters (they encrypt every relay URL)",
             ));
         }
         let base = Url::parse(&self.stream.base_url).map_err(|e| {

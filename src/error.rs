@@ -35,6 +35,8 @@ pub enum RelayError {
     TokenInvalid(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("request path is longer than {0} bytes")]
+    UriTooLong(usize),
     #[error("{0}")]
     UpstreamError(String),
     #[error("upstream sent an invalid playlist: {0}")]
@@ -59,6 +61,7 @@ impl RelayError {
             | Self::TokenExpired(_)
             | Self::TokenInvalid(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UpstreamError(_) | Self::BadUpstreamPlaylist(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -80,6 +83,7 @@ impl RelayError {
             Self::TokenExpired(_) => "token_expired",
             Self::TokenInvalid(_) => "token_invalid",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UriTooLong(_) => "uri_too_long",
             Self::UpstreamError(_) => "upstream_error",
             Self::BadUpstreamPlaylist(_) => "bad_upstream_playlist",
             Self::UpstreamTimeout(_) => "upstream_timeout",

@@ -8,27 +8,18 @@ use common::*;
 use futures_util::future::join_all;
 use reqwest::header;
 
-/// The relay path of the newest segment of the first rendition of `call`.
+/// The relay path of the newest segment of the first rendition of `call`, and its upstream file name.
 async fn newest_segment(world: &World, call: &str) -> (String, String) {
     let (media_path, media) = world.first_media_playlist(call).await;
-    let segment = *uri_lines(&media).last().unwrap();
-    let origin_path = url::Url::parse(&format!("http://x/{segment}"))
-        .unwrap()
-        .path()
-        .to_owned();
-    let file = origin_path.rsplit('/').next().unwrap().to_owned();
-    (resolve(&media_path, segment), file)
+    let segment = resolve(&media_path, uri_lines(&media).last().unwrap());
+    let upstream = upstream_of(&segment);
+    let file = upstream.path().rsplit('/').next().unwrap().to_owned();
+    (segment, file)
 }
 
 /// The origin path (as the simulator counts it) of the upstream object behind a relay path.
-fn origin_path_of(world: &World, relay_path: &str, rendition_hint: &str) -> String {
-    let file = relay_path.rsplit('/').next().unwrap();
-    let master = world.sim.playlist_url("livestream", "ts").unwrap();
-    let base = url::Url::parse(&master).unwrap();
-    base.join(&format!("{rendition_hint}/{file}"))
-        .unwrap()
-        .path()
-        .to_owned()
+fn origin_path_of(relay_path: &str) -> String {
+    upstream_of(relay_path).path().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +61,7 @@ async fn segments_are_cached_long_and_playlists_briefly() {
     let world = World::start().await;
     let (media_path, _) = world.first_media_playlist("ts").await;
     let (segment_path, file) = newest_segment(&world, "ts").await;
-    let origin_path = origin_path_of(&world, &segment_path, "v360");
+    let origin_path = origin_path_of(&segment_path);
 
     let first = world.get(&segment_path).await;
     assert_eq!(first.status(), 200);

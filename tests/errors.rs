@@ -16,9 +16,10 @@ async fn raw_get(world: &World, target: &str) -> (u16, String) {
         .await
         .unwrap();
     let request = format!("GET {target} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    // Past the header limit the relay answers and closes without reading the rest: writing may then fail.
+    let _ = stream.write_all(request.as_bytes()).await;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
+    let _ = stream.read_to_end(&mut response).await;
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text[9..12].parse().unwrap();
     let body = text
@@ -105,8 +106,14 @@ async fn traversal_and_encoded_separators_are_refused() {
         "/hls/livestream/ts/{}/AAAAAAAAAAAAm/seg.ts",
         "A".repeat(5000)
     );
-    let (status, _) = raw_get(&world, &long).await;
-    assert_eq!(status, 400);
+    let (status, body) = raw_get(&world, &long).await;
+    assert_eq!(status, 414);
+    assert!(body.contains("\"uri_too_long\""), "{body}");
+    // A request line that fills the whole header limit: the URI is what is too long.
+    let longer = format!("/hls/livestream/ts/{}", "A".repeat(20 * 1024));
+    let (status, body) = raw_get(&world, &longer).await;
+    assert_eq!(status, 414);
+    assert!(body.contains("\"uri_too_long\""), "{body}");
     assert_eq!(world.sim.total_origin_requests(), 0);
 }
 

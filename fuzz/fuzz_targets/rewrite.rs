@@ -13,12 +13,12 @@
 
 use hls_relay::stream::call::CallId;
 use hls_relay::hls::playlist::{Rewritten, rewrite_marked, rewrite_marked_with, with_query};
-use hls_relay::hls::urlmap::{PlaylistLocation, PlaylistMapper, UrlSigner};
+use hls_relay::hls::urlmap::{PlaylistLocation, PlaylistMapper, UrlCodec};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 use url::Url;
 
-static SIGNER: LazyLock<UrlSigner> = LazyLock::new(|| UrlSigner::new(b"fuzz-key-0123456789"));
+static CODEC: LazyLock<UrlCodec> = LazyLock::new(|| UrlCodec::new(b"fuzz-key-0123456789"));
 static CALL: LazyLock<CallId> = LazyLock::new(|| CallId::new("livestream", "fuzz").unwrap());
 static BASE: LazyLock<Url> =
     LazyLock::new(|| Url::parse("https://cdn.example.com/live/v1/index.m3u8?sig=abc").unwrap());
@@ -62,14 +62,14 @@ fuzz_target!(|data: &[u8]| {
             location: "aHR0cHM6Ly9jZG4uZXhhbXBsZS5jb20vbGl2ZS92MS8_c2lnPWFiYw",
         },
     ] {
-        let mut mapper = PlaylistMapper::new(&SIGNER, &CALL, &BASE, from);
+        let mut mapper = PlaylistMapper::new(&CODEC, &CALL, &BASE, from);
         let relayed = rewrite_marked_with(data, &mut mapper);
         assert_eq!(relayed.is_ok(), identity.is_ok());
         let Ok(out) = relayed else { continue };
         let _ = with_query(&out.body, &out.uri_ends, QUERY);
 
         let this_version = mapper.into_mapped();
-        let mut mapper = PlaylistMapper::new(&SIGNER, &CALL, &BASE, from);
+        let mut mapper = PlaylistMapper::new(&CODEC, &CALL, &BASE, from);
         let tail = data.get(data.len() / 2..).unwrap_or_default();
         let mut older = b"#EXTM3U\n".to_vec();
         older.extend_from_slice(tail);
@@ -77,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
             .is_ok()
             .then(|| mapper.into_mapped());
         for previous in [Some(&this_version), older_version.as_ref()] {
-            let mut mapper = PlaylistMapper::new(&SIGNER, &CALL, &BASE, from).reusing(previous);
+            let mut mapper = PlaylistMapper::new(&CODEC, &CALL, &BASE, from).reusing(previous);
             let again = rewrite_marked_with(data, &mut mapper);
             assert_eq!(
                 again.as_ref().ok(),

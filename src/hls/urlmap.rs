@@ -1,20 +1,27 @@
 //! Mapping between upstream URLs and the relay URLs written into playlists (pure; no I/O).
 //!
-//! A relay object URL is `/hls/{type}/{id}/{location}/{seal}/{file}`:
-//! - `file` is the upstream file name, unchanged, so players and CDNs see the real extension (ffmpeg insists);
-//! - `location` is the upstream URL without its file name, query included (base64url). Every file of one upstream
-//!   directory shares it, so a media playlist refers to its segments as `../{seal}/{file}`: relayed playlists stay
-//!   close to upstream's size;
-//! - `seal` is a truncated HMAC over the call, location, file and kind (playlist or media), keyed by
-//!   `server.url_key`, followed by the kind.
+//! A relay object URL is `/hls/{type}/{id}/{location}/{name}/{file}`, and reveals nothing of upstream:
+//! - `location` is the upstream URL's directory, query included (the CDN's host, path and signature), encrypted
+//!   with AES-SIV under a key derived from `server.url_key` and bound to the call. Every file of one upstream
+//!   directory shares it, so a media playlist refers to its segments as `../{name}/{file}`: relayed playlists
+//!   stay close to upstream's size.
+//! - `name` is the upstream file name and the object's kind (playlist or media), encrypted and bound to the
+//!   `location` it came with.
+//! - `file` is `p` or `m` (the kind) plus the upstream file's extension (`m.ts`, `p.m3u8`), because players and
+//!   ffmpeg look at the extension; the rest of the upstream name is only in `name`.
 //!
-//! The seal is what keeps the relay from being an open proxy: only URLs the relay itself wrote verify, with no
-//! state to look up, so verification holds across restarts and across instances sharing the key. The mapping is
-//! deterministic, as HLS requires (a media sequence number must keep its URI across reloads).
+//! AES-SIV is deterministic authenticated encryption: the same object always gets the same URL, as HLS requires
+//! (a media sequence number keeps its URI across reloads), and a URL the relay did not write fails to decrypt, so
+//! nothing is fetched for it: the relay is not an open proxy. No state is kept, so URLs hold across restarts and
+//! across instances that share the key. Several keys can be accepted at once (`server.url_keys`): URLs are
+//! written with the first and read with any, which makes key rotation painless.
 
+use std::sync::Arc;
+
+use aes_siv::KeyInit;
+use aes_siv::siv::Aes256Siv;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use url::Url;
 
@@ -23,15 +30,14 @@ use crate::stream::call::CallId;
 
 /// File name of the stable entry URL `/hls/{type}/{id}/index.m3u8`.
 pub const ENTRY_PLAYLIST: &str = "index.m3u8";
-/// Bytes of HMAC-SHA256 kept in a URL: 72 bits cannot be guessed online and keep URIs short.
-const SIGNATURE_BYTES: usize = 9;
-/// Base64url length of the signature; the seal is this plus one character of kind.
-const SIGNATURE_CHARS: usize = 12;
 /// Longest location accepted; upstream URLs with long CDN signatures fit with room to spare.
 pub const MAX_LOCATION_LEN: usize = 3072;
-/// Stands for a file name that cannot be a path segment (empty, or one the path filter refuses); the real name is
-/// then part of the location.
-const EMPTY_FILE: &str = "_";
+/// Longest encrypted file name accepted.
+pub const MAX_NAME_LEN: usize = 1024;
+/// AES-SIV's synthetic IV, which is also its authentication tag: every encrypted part starts with it.
+const SIV_BYTES: usize = 16;
+/// Longest extension kept in the visible file name; longer ones are dropped (nothing a player looks at).
+const MAX_EXTENSION_LEN: usize = 5;
 /// How many of the previous version's references past the last one reused are looked at for the next URI: more
 /// than the segments (or LL-HLS parts) a live playlist drops between two reloads; a URI further away is signed
 /// again, which costs time but never correctness.
@@ -60,10 +66,10 @@ impl ObjectKind {
         }
     }
 
-    fn tag(self) -> char {
+    fn tag(self) -> u8 {
         match self {
-            Self::Playlist => 'p',
-            Self::Media => 'm',
+            Self::Playlist => b'p',
+            Self::Media => b'm',
         }
     }
 
@@ -81,7 +87,7 @@ impl ObjectKind {
 pub enum PlaylistLocation<'a> {
     /// The stable entry URL `/hls/{type}/{id}/index.m3u8`.
     Entry,
-    /// An object URL `/hls/{type}/{id}/{location}/{seal}/{file}`, with its `location` segment.
+    /// An object URL `/hls/{type}/{id}/{location}/{name}/{file}`, with its `location` segment.
     Object { location: &'a str },
 }
 
@@ -89,7 +95,7 @@ pub enum PlaylistLocation<'a> {
 pub enum MapError {
     #[error("malformed relay URL")]
     Malformed,
-    #[error("this URL was not issued by the relay")]
+    #[error("this URL was not issued by the relay (or under a key it no longer accepts)")]
     BadSignature,
 }
 
@@ -100,60 +106,63 @@ pub struct UpstreamObject {
     pub kind: ObjectKind,
 }
 
-/// Signs and verifies relay object URLs.
+/// One URL key, as AES-SIV-256 key material derived from the configured secret.
 #[derive(Clone)]
-pub struct UrlSigner {
-    mac: Hmac<Sha256>,
-    /// Tells this key from another without keeping the key itself, so references made under one key are never
+struct UrlKey([u8; 64]);
+
+impl UrlKey {
+    /// HKDF-SHA256 from the configured secret: the secret may be any string, the cipher needs 64 uniform bytes.
+    fn derive(secret: &[u8]) -> Self {
+        let mut key = [0; 64];
+        hkdf::Hkdf::<Sha256>::new(Some(b"hls-relay"), secret)
+            .expand(b"relay URL AES-SIV v1", &mut key)
+            .expect("64 bytes is a valid HKDF-SHA256 length");
+        Self(key)
+    }
+
+    fn cipher(&self) -> Aes256Siv {
+        Aes256Siv::new(&self.0.into())
+    }
+}
+
+/// Writes and reads relay object URLs: the first key writes, any key reads.
+#[derive(Clone)]
+pub struct UrlCodec {
+    keys: Arc<[UrlKey]>,
+    /// Tells the writing key from another without revealing it, so references made under one key are never
     /// reused under another (see [`MappedUris`]). Never leaves the process.
     identity: [u8; 16],
 }
 
-impl std::fmt::Debug for UrlSigner {
+impl std::fmt::Debug for UrlCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UrlSigner")
+        f.debug_struct("UrlCodec")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
     }
 }
 
-impl UrlSigner {
+impl UrlCodec {
+    /// A codec with one key.
     pub fn new(key: &[u8]) -> Self {
-        let mac: Hmac<Sha256> = Hmac::new_from_slice(key).expect("HMAC accepts keys of any length");
-        // Unlike a seal's input this starts with no length prefix, so it cannot be a seal's MAC.
-        let digest = mac
-            .clone()
-            .chain_update(b"hls-relay signer identity")
-            .finalize()
-            .into_bytes();
-        let mut identity = [0; 16];
-        identity.copy_from_slice(&digest[..16]);
-        Self { mac, identity }
+        Self::with_keys(&[key])
     }
 
-    /// A signer with a random key: URLs it writes are valid for this process only.
+    /// A codec that writes with `keys[0]` and reads URLs written under any of `keys` (at least one).
+    pub fn with_keys(keys: &[&[u8]]) -> Self {
+        assert!(!keys.is_empty(), "a URL codec needs a key");
+        let keys: Arc<[UrlKey]> = keys.iter().map(|key| UrlKey::derive(key)).collect();
+        let mut identity = [0; 16];
+        hkdf::Hkdf::<Sha256>::new(Some(b"hls-relay"), &keys[0].0)
+            .expand(b"codec identity", &mut identity)
+            .expect("16 bytes is a valid HKDF-SHA256 length");
+        Self { keys, identity }
+    }
+
+    /// A codec with a random key: URLs it writes are valid for this process only.
     pub fn random() -> Self {
         let key: [u8; 32] = rand::random();
         Self::new(&key)
-    }
-
-    /// The seal's MAC covers the call, the location, the file name and the kind, in that order, each part
-    /// length-prefixed; this is its state after the first two.
-    fn location_mac(&self, call: &CallId, location: &str) -> Hmac<Sha256> {
-        let mut mac = self.mac.clone();
-        for part in [call.kind(), call.id(), location] {
-            mac.update(&(part.len() as u32).to_be_bytes());
-            mac.update(part.as_bytes());
-        }
-        mac
-    }
-
-    fn signature(
-        &self,
-        call: &CallId,
-        kind: ObjectKind,
-        location: &str,
-        file: &str,
-    ) -> Hmac<Sha256> {
-        file_mac(self.location_mac(call, location), file, kind)
     }
 
     /// The relay reference for `upstream`, relative to a playlist served at `from`.
@@ -166,42 +175,88 @@ impl UrlSigner {
         from: PlaylistLocation<'_>,
     ) -> Option<String> {
         let (location, file) = upstream_location(upstream)?;
-        let location = Location::new(self, call, location, from);
+        let mut location = Location::new(self, call, location, from);
         let mut reference = String::new();
         location.write_reference(file, kind, &mut reference);
         Some(reference)
     }
 
-    /// Checks the `{location}/{seal}/{file}` segments of a request path and returns the upstream object they
-    /// stand for.
+    /// Reads the `{location}/{name}/{file}` segments of a request path and returns the upstream object they stand
+    /// for, if the relay wrote them (under any key it accepts) for this call.
     pub fn verify(
         &self,
         call: &CallId,
         location: &str,
-        seal: &str,
+        name: &str,
         file: &str,
     ) -> Result<UpstreamObject, MapError> {
-        if location.is_empty() || location.len() > MAX_LOCATION_LEN || file.is_empty() {
+        if location.is_empty() || location.len() > MAX_LOCATION_LEN {
             return Err(MapError::Malformed);
         }
-        if seal.len() != SIGNATURE_CHARS + 1 || !seal.is_ascii() {
+        if name.is_empty() || name.len() > MAX_NAME_LEN || file.is_empty() {
             return Err(MapError::Malformed);
         }
-        let (signature, kind) = seal.split_at(SIGNATURE_CHARS);
-        let kind = ObjectKind::from_tag(kind.as_bytes()[0]).ok_or(MapError::Malformed)?;
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| MapError::Malformed)?;
-        let location = URL_SAFE_NO_PAD
-            .decode(location)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or(MapError::Malformed)?;
-        self.signature(call, kind, &location, file)
-            .verify_truncated_left(&signature)
-            .map_err(|_| MapError::BadSignature)?;
-        let url = join_location(&location, file).ok_or(MapError::Malformed)?;
+        let decode = |text: &str| {
+            URL_SAFE_NO_PAD
+                .decode(text)
+                .map_err(|_| MapError::Malformed)
+        };
+        let (sealed_location, sealed_name) = (decode(location)?, decode(name)?);
+        if sealed_location.len() < SIV_BYTES || sealed_name.len() <= SIV_BYTES {
+            return Err(MapError::Malformed);
+        }
+        let opened = self.keys.iter().find_map(|key| {
+            let mut cipher = key.cipher();
+            let location = cipher
+                .decrypt(location_headers(call), &sealed_location)
+                .ok()?;
+            let name = cipher
+                .decrypt(name_headers(&sealed_location), &sealed_name)
+                .ok()?;
+            Some((location, name))
+        });
+        let (location, name) = opened.ok_or(MapError::BadSignature)?;
+        // Written by the relay, so well-formed: anything else is a bug, not an attack, but is refused all the same.
+        let (&tag, upstream_file) = name.split_first().ok_or(MapError::Malformed)?;
+        let kind = ObjectKind::from_tag(tag).ok_or(MapError::Malformed)?;
+        let upstream_file = std::str::from_utf8(upstream_file).map_err(|_| MapError::Malformed)?;
+        let location = String::from_utf8(location).map_err(|_| MapError::Malformed)?;
+        if file != visible_file(kind, upstream_file) {
+            return Err(MapError::BadSignature);
+        }
+        let url = join_location(&location, upstream_file).ok_or(MapError::Malformed)?;
         Ok(UpstreamObject { url, kind })
+    }
+}
+
+/// What a location's encryption is bound to: the call, so a URL of one call is worthless for another.
+fn location_headers(call: &CallId) -> [&[u8]; 3] {
+    [
+        b"hls-relay location",
+        call.kind().as_bytes(),
+        call.id().as_bytes(),
+    ]
+}
+
+/// What a file name's encryption is bound to: its location (through the location's synthetic IV, a MAC of the
+/// call and the location), so names cannot be moved to another directory.
+fn name_headers(sealed_location: &[u8]) -> [&[u8]; 2] {
+    [b"hls-relay name", &sealed_location[..SIV_BYTES]]
+}
+
+/// The last path segment of a relay URL: the kind, and the upstream file's extension when it has a short one.
+fn visible_file(kind: ObjectKind, upstream_file: &str) -> String {
+    let stem = char::from(kind.tag());
+    let extension = upstream_file
+        .rsplit_once('.')
+        .map(|(_, ext)| ext)
+        .filter(|ext| {
+            (1..=MAX_EXTENSION_LEN).contains(&ext.len())
+                && ext.bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+    match extension {
+        Some(extension) => format!("{stem}.{}", extension.to_ascii_lowercase()),
+        None => stem.to_string(),
     }
 }
 
@@ -211,7 +266,7 @@ impl UrlSigner {
 /// hundreds of segments is rewritten on every upstream version. Given the previous version's [`MappedUris`]
 /// ([`Self::reusing`]), URIs it already mapped are copied from it rather than signed again.
 pub struct PlaylistMapper<'a> {
-    signer: &'a UrlSigner,
+    codec: &'a UrlCodec,
     call: &'a CallId,
     base: &'a Url,
     from: PlaylistLocation<'a>,
@@ -229,7 +284,7 @@ pub struct PlaylistMapper<'a> {
 
 impl<'a> PlaylistMapper<'a> {
     pub fn new(
-        signer: &'a UrlSigner,
+        codec: &'a UrlCodec,
         call: &'a CallId,
         base: &'a Url,
         from: PlaylistLocation<'a>,
@@ -240,7 +295,7 @@ impl<'a> PlaylistMapper<'a> {
             format!("{}{}", &base[..url::Position::BeforePath], &path[..dir_end])
         });
         let context = MappingContext {
-            signer: signer.identity,
+            codec: codec.identity,
             call: call.clone(),
             base: base.as_str().to_owned(),
             served_at: match from {
@@ -249,7 +304,7 @@ impl<'a> PlaylistMapper<'a> {
             },
         };
         Self {
-            signer,
+            codec,
             call,
             base,
             from,
@@ -326,7 +381,7 @@ impl<'a> PlaylistMapper<'a> {
                         location.push('?');
                         location.push_str(query);
                     }
-                    self.last = Some(Location::new(self.signer, self.call, location, self.from));
+                    self.last = Some(Location::new(self.codec, self.call, location, self.from));
                 }
                 file
             }
@@ -339,12 +394,12 @@ impl<'a> PlaylistMapper<'a> {
                     return false;
                 };
                 if self.last.as_ref().is_none_or(|last| last.text != location) {
-                    self.last = Some(Location::new(self.signer, self.call, location, self.from));
+                    self.last = Some(Location::new(self.codec, self.call, location, self.from));
                 }
                 file
             }
         };
-        let location = self.last.as_ref().expect("set above");
+        let location = self.last.as_mut().expect("set above");
         location.write_reference(file, kind, &mut self.mapped.text);
         true
     }
@@ -432,7 +487,7 @@ impl MappedUris {
 /// Everything besides a URI and its kind that its reference depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MappingContext {
-    signer: [u8; 16],
+    codec: [u8; 16],
     call: CallId,
     /// The URL relative URIs resolve against.
     base: String,
@@ -450,8 +505,8 @@ struct MappedUri {
 
 /// Splits `uri` into a file name and query when it is a plain relative reference (`seg_1.ts`, `seg_1.ts?sig=…`)
 /// whose resolution against a directory is that directory followed by the URI, byte for byte: a name of
-/// unreserved characters that is not a dot segment nor the relay's placeholder, and a query of characters URL
-/// parsing keeps as they are. Anything else takes the full URL join.
+/// unreserved characters that is not a dot segment, and a query of characters URL parsing keeps as they are.
+/// Anything else takes the full URL join.
 fn plain_relative(uri: &str) -> Option<(&str, Option<&str>)> {
     let (file, query) = match uri.split_once('?') {
         Some((file, query)) => (file, Some(query)),
@@ -460,7 +515,6 @@ fn plain_relative(uri: &str) -> Option<(&str, Option<&str>)> {
     let plain_file = !file.is_empty()
         && file != "."
         && file != ".."
-        && file != EMPTY_FILE
         && file.bytes().all(|b| PLAIN_FILE_BYTES[usize::from(b)]);
     let plain_query =
         query.is_none_or(|query| query.bytes().all(|b| PLAIN_QUERY_BYTES[usize::from(b)]));
@@ -494,38 +548,38 @@ const PLAIN_QUERY_BYTES: [bool; 256] = {
 
 /// The location and file name the relay URL of `upstream` carries, or None when the relay cannot fetch it.
 fn upstream_location(upstream: &Url) -> Option<(String, &str)> {
-    if !matches!(upstream.scheme(), "http" | "https") {
-        return None;
-    }
-    let (location, file) = split_location(upstream);
-    if is_plain_file_name(file) {
-        Some((location, file))
-    } else {
-        // A name the relay's path filter would refuse (or the placeholder itself) travels inside the location.
-        Some((upstream[..url::Position::AfterQuery].to_owned(), EMPTY_FILE))
-    }
+    matches!(upstream.scheme(), "http" | "https").then(|| split_location(upstream))
 }
 
 /// One upstream location, ready to write references to the files in it.
 struct Location {
     text: String,
-    /// How the relay path names it from the playlist being rewritten: `../`, `../../{b64}/` or `{b64}/`.
+    /// How the relay path names it from the playlist being rewritten: `../`, `../../{sealed}/` or `{sealed}/`.
     prefix: String,
-    /// The MAC after the call and the location: each file adds its name and kind.
-    mac: Hmac<Sha256>,
+    /// The location encrypted, as bytes: its first [`SIV_BYTES`] bind the names written in it.
+    sealed: Vec<u8>,
+    cipher: Aes256Siv,
 }
 
 impl Location {
-    fn new(signer: &UrlSigner, call: &CallId, text: String, from: PlaylistLocation<'_>) -> Self {
-        let mut encoded = String::with_capacity(text.len() * 4 / 3 + 4);
-        URL_SAFE_NO_PAD.encode_string(text.as_bytes(), &mut encoded);
+    fn new(codec: &UrlCodec, call: &CallId, text: String, from: PlaylistLocation<'_>) -> Self {
+        let mut cipher = codec.keys[0].cipher();
+        let sealed = cipher
+            .encrypt(location_headers(call), text.as_bytes())
+            .expect("AES-SIV encrypts any length with three headers");
+        let mut encoded = String::with_capacity(sealed.len() * 4 / 3 + 4);
+        URL_SAFE_NO_PAD.encode_string(&sealed, &mut encoded);
         let prefix = match from {
             PlaylistLocation::Object { location } if location == encoded => "../".to_owned(),
             PlaylistLocation::Object { .. } => format!("../../{encoded}/"),
             PlaylistLocation::Entry => format!("{encoded}/"),
         };
-        let mac = signer.location_mac(call, &text);
-        Self { text, prefix, mac }
+        Self {
+            text,
+            prefix,
+            sealed,
+            cipher,
+        }
     }
 
     /// Whether this is the directory `dir` with `query`, compared in place: building that location to compare
@@ -540,35 +594,21 @@ impl Location {
         }
     }
 
-    /// Appends `{prefix}{seal}/{file}` to `out`.
-    fn write_reference(&self, file: &str, kind: ObjectKind, out: &mut String) {
-        let signature = file_mac(self.mac.clone(), file, kind)
-            .finalize()
-            .into_bytes();
-        out.reserve(self.prefix.len() + SIGNATURE_CHARS + 2 + file.len());
+    /// Appends `{prefix}{name}/{file}` to `out`.
+    fn write_reference(&mut self, upstream_file: &str, kind: ObjectKind, out: &mut String) {
+        let mut name = Vec::with_capacity(1 + upstream_file.len() + SIV_BYTES);
+        name.push(kind.tag());
+        name.extend_from_slice(upstream_file.as_bytes());
+        self.cipher
+            .encrypt_in_place(name_headers(&self.sealed), &mut name)
+            .expect("AES-SIV encrypts any length with two headers");
+        let file = visible_file(kind, upstream_file);
+        out.reserve(self.prefix.len() + name.len() * 4 / 3 + 2 + file.len());
         out.push_str(&self.prefix);
-        URL_SAFE_NO_PAD.encode_string(&signature[..SIGNATURE_BYTES], out);
-        out.push(kind.tag());
+        URL_SAFE_NO_PAD.encode_string(&name, out);
         out.push('/');
-        out.push_str(file);
+        out.push_str(&file);
     }
-}
-
-fn file_mac(mut mac: Hmac<Sha256>, file: &str, kind: ObjectKind) -> Hmac<Sha256> {
-    mac.update(&(file.len() as u32).to_be_bytes());
-    mac.update(file.as_bytes());
-    mac.update(&[kind.tag() as u8]);
-    mac
-}
-
-/// Whether an upstream file name can stand as the last segment of a relay path: not empty, not the placeholder,
-/// and nothing the path filter refuses (encoded dots, slashes, backslashes, NULs).
-fn is_plain_file_name(file: &str) -> bool {
-    !file.is_empty()
-        && file != EMPTY_FILE
-        && file != "."
-        && file != ".."
-        && crate::http::server::check_path(file).is_ok()
 }
 
 /// Splits an upstream URL into its location (everything but the file name, query included) and file name.
@@ -589,7 +629,6 @@ fn split_location(url: &Url) -> (String, &str) {
 }
 
 fn join_location(location: &str, file: &str) -> Option<Url> {
-    let file = if file == EMPTY_FILE { "" } else { file };
     let (dir, query) = match location.split_once('?') {
         Some((dir, query)) => (dir, Some(query)),
         None => (location, None),
@@ -632,7 +671,7 @@ mod tests {
     /// The mapper's shortcuts (plain names joined without a URL parse, one MAC prefix per location) must write
     /// exactly what resolving each URI and signing it from scratch writes.
     fn assert_mapper_matches_full_join(base: &str, uris: &[&str]) {
-        let signer = UrlSigner::new(b"k");
+        let signer = UrlCodec::new(b"k");
         let call = call();
         let base = Url::parse(base).unwrap();
         let served_at = "c29tZXdoZXJl";
@@ -741,7 +780,7 @@ mod tests {
 
     /// A next version mapped with the previous version's references must come out exactly as mapped from scratch.
     fn assert_memo_changes_nothing(base: &str, uris: &[(UriSite, String)]) {
-        let signer = UrlSigner::new(b"k");
+        let signer = UrlCodec::new(b"k");
         let call = call();
         let base = Url::parse(base).unwrap();
         for from in [
@@ -829,7 +868,7 @@ mod tests {
 
     #[test]
     fn references_are_reused_only_for_the_same_key_call_base_and_location() {
-        let signer = UrlSigner::new(b"k");
+        let signer = UrlCodec::new(b"k");
         let call = call();
         let base = Url::parse("https://cdn.example.com/live/index.m3u8").unwrap();
         let from = PlaylistLocation::Object {
@@ -838,15 +877,15 @@ mod tests {
         let uris = live_uris(5);
         let mut previous = mapped(PlaylistMapper::new(&signer, &call, &base, from), &uris);
         // Mark every reference kept, so that one reused shows.
-        let marked = previous.text.replace("/seg_", "/SEG_");
+        let marked = previous.text.replace("/m.m4s", "/M.m4s");
         previous.text = marked;
         let reused = map_all(
             PlaylistMapper::new(&signer, &call, &base, from).reusing(Some(&previous)),
             &uris,
         );
-        assert!(reused.iter().flatten().any(|r| r.contains("/SEG_")));
+        assert!(reused.iter().flatten().any(|r| r.contains("/M.m4s")));
 
-        let other_signer = UrlSigner::new(b"other key");
+        let other_signer = UrlCodec::new(b"other key");
         let other_call = CallId::new("livestream", "other").unwrap();
         let other_base = Url::parse("https://cdn2.example.com/live/index.m3u8").unwrap();
         let moved = Url::parse("https://cdn.example.com/live/index.m3u8?token=new").unwrap();
@@ -861,7 +900,7 @@ mod tests {
             PlaylistMapper::new(&signer, &call, &base, elsewhere),
             PlaylistMapper::new(&signer, &call, &base, PlaylistLocation::Entry),
         ] {
-            let (signer, call, base, from) = (mapper.signer, mapper.call, mapper.base, mapper.from);
+            let (signer, call, base, from) = (mapper.codec, mapper.call, mapper.base, mapper.from);
             let mapper = mapper.reusing(Some(&previous));
             assert!(!mapper.reuses_previous());
             let cold = map_all(PlaylistMapper::new(signer, call, base, from), &uris);
@@ -871,7 +910,7 @@ mod tests {
 
     #[test]
     fn mapped_uris_hold_exactly_the_last_versions_uris() {
-        let signer = UrlSigner::new(b"k");
+        let signer = UrlCodec::new(b"k");
         let call = call();
         let base = Url::parse("https://cdn.example.com/live/index.m3u8").unwrap();
         let from = PlaylistLocation::Entry;
@@ -900,7 +939,7 @@ mod tests {
         )
     }
 
-    fn from_entry(signer: &UrlSigner, url: &str, kind: ObjectKind) -> String {
+    fn from_entry(signer: &UrlCodec, url: &str, kind: ObjectKind) -> String {
         let url = Url::parse(url).unwrap();
         signer
             .relay_ref(&call(), &url, kind, PlaylistLocation::Entry)
@@ -908,15 +947,17 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_with_query_and_keeps_the_file_name() {
-        let signer = UrlSigner::new(b"0123456789abcdef");
+    fn round_trips_with_query_and_keeps_only_the_extension_in_clear() {
+        let signer = UrlCodec::new(b"0123456789abcdef");
         let reference = from_entry(
             &signer,
             "https://cdn.example.com/a/b/seg_0042.ts?sig=x%2Fy&e=1#frag",
             ObjectKind::Media,
         );
-        assert!(reference.ends_with("/seg_0042.ts"));
-        assert!(!reference.contains("cdn.example.com"));
+        assert!(reference.ends_with("/m.ts"), "{reference}");
+        for secret in ["cdn.example.com", "seg_0042", "sig=", "/a/b/"] {
+            assert!(!reference.contains(secret), "{reference}");
+        }
         let (location, seal, file) = parts(&reference);
         let object = signer.verify(&call(), location, seal, file).unwrap();
         assert_eq!(
@@ -928,7 +969,7 @@ mod tests {
 
     #[test]
     fn siblings_of_a_playlist_are_referred_to_briefly_and_deterministically() {
-        let signer = UrlSigner::new(b"0123456789abcdef");
+        let signer = UrlCodec::new(b"0123456789abcdef");
         let playlist = from_entry(&signer, "http://h/live/v1/index.m3u8", ObjectKind::Playlist);
         let (location, _, _) = parts(&playlist);
         let from = PlaylistLocation::Object { location };
@@ -936,10 +977,8 @@ mod tests {
         let sibling = signer
             .relay_ref(&call(), &segment, ObjectKind::Media, from)
             .unwrap();
-        assert_eq!(
-            sibling.len(),
-            "../".len() + SIGNATURE_CHARS + 1 + "/seg_1.ts".len()
-        );
+        let name_chars = ((SIV_BYTES + 1 + "seg_1.ts".len()) * 4).div_ceil(3);
+        assert_eq!(sibling.len(), "../".len() + name_chars + "/m.ts".len());
         assert_eq!(
             Some(sibling),
             signer.relay_ref(&call(), &segment, ObjectKind::Media, from)
@@ -954,7 +993,7 @@ mod tests {
 
     #[test]
     fn refuses_what_it_did_not_sign() {
-        let signer = UrlSigner::new(b"0123456789abcdef");
+        let signer = UrlCodec::new(b"0123456789abcdef");
         let reference = from_entry(
             &signer,
             "https://cdn.example.com/a/seg.ts",
@@ -967,21 +1006,18 @@ mod tests {
             signer.verify(&other_call, location, seal, file),
             Err(MapError::BadSignature)
         );
-        assert_eq!(
-            signer.verify(&call(), location, seal, "other.ts"),
-            Err(MapError::BadSignature)
-        );
-        let as_playlist = format!("{}p", &seal[..SIGNATURE_CHARS]);
-        assert_eq!(
-            signer.verify(&call(), location, &as_playlist, file),
-            Err(MapError::BadSignature)
-        );
+        for other_file in ["p.ts", "m.mp4", "m", "seg.ts"] {
+            assert_eq!(
+                signer.verify(&call(), location, seal, other_file),
+                Err(MapError::BadSignature)
+            );
+        }
         let evil = URL_SAFE_NO_PAD.encode("https://evil.example.com/");
         assert_eq!(
             signer.verify(&call(), &evil, seal, file),
             Err(MapError::BadSignature)
         );
-        let other_key = UrlSigner::new(b"another key entirely");
+        let other_key = UrlCodec::new(b"another key entirely");
         assert_eq!(
             other_key.verify(&call(), location, seal, file),
             Err(MapError::BadSignature)
@@ -998,8 +1034,70 @@ mod tests {
     }
 
     #[test]
+    fn urls_written_under_an_old_key_are_read_while_it_is_listed() {
+        let old = UrlCodec::new(b"the old key, 16+");
+        let reference = from_entry(
+            &old,
+            "https://cdn.example.com/a/seg.ts?s=1",
+            ObjectKind::Media,
+        );
+        let (location, name, file) = parts(&reference);
+        let rotated = UrlCodec::with_keys(&[b"the new key, 16+", b"the old key, 16+"]);
+        let object = rotated.verify(&call(), location, name, file).unwrap();
+        assert_eq!(object.url.as_str(), "https://cdn.example.com/a/seg.ts?s=1");
+        let written = from_entry(
+            &rotated,
+            "https://cdn.example.com/a/seg.ts?s=1",
+            ObjectKind::Media,
+        );
+        assert_ne!(
+            written, reference,
+            "new URLs are written with the first key"
+        );
+        let retired = UrlCodec::new(b"the new key, 16+");
+        assert_eq!(
+            retired.verify(&call(), location, name, file),
+            Err(MapError::BadSignature)
+        );
+        let (location, name, file) = parts(&written);
+        assert!(retired.verify(&call(), location, name, file).is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_of_encode_is_the_upstream_url_and_any_changed_byte_is_refused(
+            path in "(/[a-zA-Z0-9._~%-]{0,12}){1,4}",
+            query in proptest::option::of("[a-zA-Z0-9=&%._-]{0,40}"),
+            playlist in proptest::bool::ANY,
+            flip in 0usize..4096,
+            bit in 0u8..8,
+        ) {
+            let codec = UrlCodec::new(b"0123456789abcdef");
+            let kind = if playlist { ObjectKind::Playlist } else { ObjectKind::Media };
+            let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+            let upstream = Url::parse(&format!("https://cdn.example.com{path}{query}")).unwrap();
+            let reference = codec
+                .relay_ref(&call(), &upstream, kind, PlaylistLocation::Entry)
+                .unwrap();
+            let (location, name, file) = parts(&reference);
+            let object = codec.verify(&call(), location, name, file).unwrap();
+            proptest::prop_assert_eq!(&object.url, &upstream);
+            proptest::prop_assert_eq!(object.kind, kind);
+            // One bit changed anywhere in the two encrypted segments: never accepted.
+            let mut bytes = format!("{location}/{name}").into_bytes();
+            let at = flip % bytes.len();
+            bytes[at] ^= 1 << bit;
+            if let Ok(changed) = String::from_utf8(bytes)
+                && let Some((location, name)) = changed.split_once('/')
+            {
+                proptest::prop_assert!(codec.verify(&call(), location, name, file).is_err());
+            }
+        }
+    }
+
+    #[test]
     fn awkward_file_names_round_trip_inside_the_location() {
-        let signer = UrlSigner::new(b"0123456789abcdef");
+        let signer = UrlCodec::new(b"0123456789abcdef");
         for url in [
             "http://h/a%2Eb.ts",
             "http://h/a%2Fb.ts?x=1",
@@ -1029,7 +1127,7 @@ mod tests {
 
     #[test]
     fn leaves_unfetchable_schemes_alone_and_handles_directory_urls() {
-        let signer = UrlSigner::random();
+        let signer = UrlCodec::random();
         let data = Url::parse("data:text/plain,hello").unwrap();
         assert!(
             signer

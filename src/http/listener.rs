@@ -802,6 +802,12 @@ impl Connection<'_> {
             if first && Protocol::sniff(&head) == Protocol::Detect {
                 return self.serve_auto(io, head, accepted).await;
             }
+            if request_line_too_long(&head, h1_buffer(limits)) {
+                tracing::debug!(peer = %self.peer, "request line over the header limit: 414");
+                let _ = io.write_all(URI_TOO_LONG).await;
+                let _ = io.shutdown().await;
+                return;
+            }
             let prefixed = Prefixed::new(head, io, activity.clone());
             let conn = self
                 .shared
@@ -924,6 +930,17 @@ async fn read_head<I: AsyncRead + Unpin>(
         }
     }
     Ok(head)
+}
+
+/// Answered when the request line alone fills the header limit: hyper would say 431, but it is the URI that is
+/// too long. The body is the relay's JSON error shape (`error::RelayError::UriTooLong`).
+const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\n\
+cache-control: no-store\r\nconnection: close\r\ncontent-length: 80\r\n\r\n\
+{\"error\":{\"code\":\"uri_too_long\",\"message\":\"request line over the header limit\"}}";
+
+/// Whether a head read up to `max` bytes has no end to its first line: an over-long request URI.
+fn request_line_too_long(head: &[u8], max: usize) -> bool {
+    head.len() >= max && memchr::memchr(b'\n', head).is_none()
 }
 
 /// Whether `bytes` hold an HTTP/1 request head up to its blank line (lines end in CRLF, or LF alone).

@@ -32,7 +32,7 @@ use crate::events::{self, Outcome, Source, webhook};
 use crate::hls::blocking::Directives;
 use crate::hls::encoding::{self, Coding};
 use crate::hls::playlist;
-use crate::hls::urlmap::{ENTRY_PLAYLIST, UrlSigner};
+use crate::hls::urlmap::{ENTRY_PLAYLIST, UrlCodec};
 use crate::http::listener::TlsConnection;
 use crate::relay::cache::CachedObject;
 use crate::relay::upstream::Upstream;
@@ -61,17 +61,18 @@ pub fn build_relay(config: Config) -> Result<Relay, Box<dyn std::error::Error + 
     let resolver = Resolver::new(api, config.stream.call_ttl, metrics.clone())
         .with_fleet(fleet.clone(), config.stream.timeout);
     let upstream = Upstream::new(&config.upstream, metrics.clone())?;
-    let signer = match &config.server.url_key {
-        Some(key) => UrlSigner::new(key.as_bytes()),
-        None => {
-            tracing::warn!(
-                "server.url_key is not set: relay URLs are signed with a random key and stop working when \
-                 this process restarts; set it to share URLs across restarts and instances"
-            );
-            UrlSigner::random()
-        }
+    let keys = config.server.url_keys();
+    let codec = if keys.is_empty() {
+        tracing::warn!(
+            "server.url_key is not set: relay URLs are encrypted with a random key and stop working when this \
+             process restarts; set it (or server.url_keys) to share URLs across restarts and instances"
+        );
+        UrlCodec::random()
+    } else {
+        let keys: Vec<&[u8]> = keys.iter().map(|key| key.as_bytes()).collect();
+        UrlCodec::with_keys(&keys)
     };
-    let relay = Relay::new(config, resolver, upstream, signer, fleet, metrics);
+    let relay = Relay::new(config, resolver, upstream, codec, fleet, metrics);
     relay.follow_fleet();
     Ok(relay)
 }
@@ -136,8 +137,8 @@ impl tower::Service<Request> for HlsObjects {
         let relay = self.relay.clone();
         Box::pin(async move {
             let serve = |request: Request| async {
-                if let Err(reason) = check_path(request.uri().path()) {
-                    return RelayError::BadRequest(reason.into()).into_response();
+                if let Err(refusal) = check_path(request.uri().path()) {
+                    return refusal.into_response();
                 }
                 let method = request.method().clone();
                 if method != Method::GET && method != Method::HEAD {
@@ -320,16 +321,20 @@ fn compressible(
 /// Refuses traversal and smuggling attempts before routing: dot segments, encoded dots, slashes, backslashes and
 /// NULs, and absurd lengths. Nothing a relay URL contains looks like these.
 async fn reject_hostile_paths(request: Request, next: Next) -> Response {
-    if let Err(reason) = check_path(request.uri().path()) {
-        return RelayError::BadRequest(reason.into()).into_response();
+    if let Err(refusal) = check_path(request.uri().path()) {
+        return refusal.into_response();
     }
     next.run(request).await
 }
 
-pub fn check_path(path: &str) -> Result<(), &'static str> {
+pub fn check_path(path: &str) -> Result<(), RelayError> {
     if path.len() > MAX_PATH_LEN {
-        return Err("request path too long");
+        return Err(RelayError::UriTooLong(MAX_PATH_LEN));
     }
+    check_segments(path).map_err(|reason| RelayError::BadRequest(reason.into()))
+}
+
+fn check_segments(path: &str) -> Result<(), &'static str> {
     // Every request goes through here: only the bytes that can matter are looked at (memchr).
     let bytes = path.as_bytes();
     let is_dots = |segment: &[u8]| matches!(segment, b"." | b"..");

@@ -32,7 +32,7 @@ use crate::hls::encoding::Variants;
 use crate::hls::playlist::{self, PlaylistInfo, PlaylistKind};
 use crate::hls::policy::{self, Freshness, PLAYLIST_CONTENT_TYPE};
 use crate::hls::urlmap::{
-    ENTRY_PLAYLIST, MapError, ObjectKind, PlaylistLocation, PlaylistMapper, UrlSigner,
+    ENTRY_PLAYLIST, MapError, ObjectKind, PlaylistLocation, PlaylistMapper, UrlCodec,
 };
 use crate::http::access::Gate;
 use crate::relay::cache::{
@@ -79,7 +79,7 @@ struct Inner {
     cache: Cache,
     resolver: Resolver,
     upstream: Upstream,
-    signer: UrlSigner,
+    signer: UrlCodec,
     gate: Gate,
     /// The other instances, when `cluster.redis_url` is set.
     fleet: Option<Fleet>,
@@ -91,7 +91,7 @@ impl Relay {
         config: Config,
         resolver: Resolver,
         upstream: Upstream,
-        signer: UrlSigner,
+        signer: UrlCodec,
         fleet: Option<Fleet>,
         metrics: Arc<Metrics>,
     ) -> Self {

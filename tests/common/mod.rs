@@ -116,10 +116,39 @@ pub async fn assert_error(
     headers
 }
 
+/// The URL key of every test relay.
+pub const URL_KEY: &str = "test-url-key-0123456789";
+
+/// The upstream URL behind a relay object path (`/hls/{type}/{id}/{location}/{name}/{file}`), read with the test
+/// relays' URL key: what only a holder of the key can know.
+pub fn upstream_of(relay_path: &str) -> url::Url {
+    let path = relay_path.split('?').next().unwrap();
+    let parts: Vec<&str> = path.trim_start_matches("/hls/").split('/').collect();
+    let [kind, id, location, name, file] = parts[..] else {
+        panic!("not a relay object path: {relay_path}");
+    };
+    let call = hls_relay::stream::call::CallId::new(kind, id).unwrap();
+    hls_relay::hls::urlmap::UrlCodec::new(URL_KEY.as_bytes())
+        .verify(&call, location, name, file)
+        .expect("a path the test relay wrote")
+        .url
+}
+
+/// The upstream file names behind the URI lines of a relayed playlist served at `playlist_path`.
+pub fn upstream_files(playlist_path: &str, playlist: &str) -> Vec<String> {
+    uri_lines(playlist)
+        .into_iter()
+        .map(|uri| {
+            let upstream = upstream_of(&resolve(playlist_path, uri));
+            upstream.path().rsplit('/').next().unwrap().to_owned()
+        })
+        .collect()
+}
+
 pub async fn start_relay(sim: &SimHandle, tweak: impl FnOnce(&mut Config)) -> RunningRelay {
     let mut config = Config::default();
     config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.server.url_key = Some("test-url-key-0123456789".into());
+    config.server.url_key = Some(URL_KEY.into());
     config.stream.base_url = sim.base_url();
     config.stream.api_key = Some(sim.api_key().to_owned());
     config.stream.api_secret = Some(sim.api_secret().to_owned());
