@@ -50,15 +50,12 @@ pub async fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error + S
 
 /// `hls-relay sim`: the simulator alone, with calls pointing wherever the caller says.
 pub async fn run_simulator(
-    listen: SocketAddr,
+    config: SimConfig,
     calls: &[String],
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     telemetry::init_logging(&Config::default().log);
-    let simulator = sim::start(SimConfig {
-        listen,
-        ..SimConfig::default()
-    })
-    .await?;
+    let time_format = config.time_format;
+    let simulator = sim::start(config).await?;
     if calls.is_empty() {
         simulator.add_call("livestream", "demo", CallSetup::default());
     }
@@ -73,7 +70,7 @@ pub async fn run_simulator(
         simulator.set_playlist_url(kind, id, url);
     }
     println!(
-        "simulated Stream API on {} (api key {}, secret {})",
+        "simulated Stream API on {} (api key {}, secret {}, times as {time_format})",
         simulator.base_url(),
         simulator.api_key(),
         simulator.api_secret()

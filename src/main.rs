@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hls_relay::config::Config;
 use hls_relay::http::server;
+use hls_relay::sim::{SimConfig, TimeFormat};
 use hls_relay::{demo, telemetry};
 
 /// jemalloc rather than glibc's malloc: with 5,000 idle HTTP/1.1 connections it keeps ~8KiB resident per connection
@@ -40,8 +41,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
-    /// Run only the simulated Stream API and origin (credentials sim-key / sim-secret), e.g. to point
-    /// `hls-relay serve` at it in benchmarks.
+    /// Run only the simulated Stream API and origin (credentials sim-key / sim-secret): a local stand-in for
+    /// Stream that the official server SDKs can talk to, and what benchmarks point `hls-relay serve` at.
     Sim {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: SocketAddr,
@@ -49,6 +50,20 @@ enum Command {
         /// simulator's own `livestream:demo` call is registered.
         #[arg(long = "call", value_name = "TYPE:ID=URL")]
         calls: Vec<String>,
+        /// How answers and events write times: `unix-ns` (integer nanoseconds, what the official SDKs parse) or
+        /// `rfc3339`.
+        #[arg(long, value_name = "unix-ns|rfc3339", default_value_t = TimeFormat::UnixNs)]
+        time_format: TimeFormat,
+        /// POST every event (signed like Stream's) to this URL.
+        #[arg(long, value_name = "URL")]
+        webhook_url: Option<url::Url>,
+        /// Gzip webhook bodies (`Content-Encoding: gzip`; the signature stays over the uncompressed JSON).
+        #[arg(long)]
+        compress_webhooks: bool,
+        /// Name the HLS events `call.hls_broadcasting_*` (the names the SDKs' models know) instead of
+        /// `call.broadcasting_*`.
+        #[arg(long)]
+        new_event_names: bool,
     },
     /// Operate one call through the Stream API: get, start-hls, stop-hls, go-live, stop-live.
     Call(hls_relay::cli::CallArgs),
@@ -77,7 +92,24 @@ fn main() -> ExitCode {
         let result = match cli.command {
             Command::Serve { config, listen } => serve(config, listen).await,
             Command::Demo { listen } => demo::run(listen).await,
-            Command::Sim { listen, calls } => demo::run_simulator(listen, &calls).await,
+            Command::Sim {
+                listen,
+                calls,
+                time_format,
+                webhook_url,
+                compress_webhooks,
+                new_event_names,
+            } => {
+                let config = SimConfig {
+                    listen,
+                    time_format,
+                    webhook_url: webhook_url.map(String::from),
+                    compress_webhooks,
+                    new_event_names,
+                    ..SimConfig::default()
+                };
+                demo::run_simulator(config, &calls).await
+            }
             // `call` has exit codes of its own (1: Stream refused, 2: usage or config).
             Command::Call(args) => return hls_relay::cli::run(args).await,
         };

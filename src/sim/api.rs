@@ -18,7 +18,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::clock::rfc3339_ms;
 use super::roles::{self, Roles};
 use super::state::{Call, Op, Shared};
 
@@ -148,7 +147,7 @@ impl Caller {
 #[derive(Deserialize)]
 struct Claims {
     #[serde(default)]
-    server: bool,
+    server: Option<bool>,
     #[serde(default)]
     user_id: Option<String>,
 }
@@ -194,9 +193,11 @@ fn authenticate(
         _ => authorization,
     };
     let claims = decode_token(token, &shared.api_secret, &shared.api_key)?;
+    // A token that names no user is a server token: the official SDKs sign empty claims (`{}`, perhaps with
+    // `iat`), older ones `{"server": true}`.
     match (claims.server, claims.user_id) {
-        (true, _) => Ok(Caller::Server),
-        (false, Some(user)) if !user.is_empty() => Ok(Caller::User(user)),
+        (Some(true), _) | (None, None) => Ok(Caller::Server),
+        (_, Some(user)) if !user.is_empty() => Ok(Caller::User(user)),
         _ => Err(ApiError::unauthorized(
             5,
             "JWTAuth error: token has no user_id and is not a server token",
@@ -229,11 +230,16 @@ fn decode_token(token: &str, secret: &str, api_key: &str) -> Result<Claims, ApiE
     }
 }
 
-/// The `call` object of Stream's responses and events, including fields the relay must ignore.
-pub fn call_object(call: &Call, base_url: &str, call_type: &str, id: &str) -> Value {
+/// The `call` object of Stream's responses and events, including fields the relay must ignore. It carries every
+/// field the official SDKs' models require (their `CallResponse`), with the types they expect, and its times in
+/// the simulator's `TimeFormat`.
+pub fn call_object(shared: &Shared, call: &Call, call_type: &str, id: &str) -> Value {
+    let base_url = shared.base_url.as_str();
+    let time = |ms: i64| shared.time_format.ms(ms);
+    // Stream does not document the values of `status`; "running" is what a live broadcast would say.
     let hls = call
         .live_playlist_url(base_url, call_type, id)
-        .map(|url| json!({ "playlist_url": url }));
+        .map(|url| json!({ "playlist_url": url, "status": "running" }));
     let broadcast = call.broadcast.as_ref();
     let session = (call.live_started_ms.is_some()
         || call.broadcasting()
@@ -242,26 +248,23 @@ pub fn call_object(call: &Call, base_url: &str, call_type: &str, id: &str) -> Va
         let started = call.live_started_ms.unwrap_or(call.created_ms);
         json!({
             "id": broadcast.map(|b| b.session.as_str()).unwrap_or("session-0"),
-            "started_at": rfc3339_ms(started),
-            "live_started_at": call.live_started_ms.map(rfc3339_ms),
-            "live_ended_at": call.live_ended_ms.map(rfc3339_ms),
-            "ended_at": call.ended_ms.map(rfc3339_ms),
+            "started_at": time(started),
+            "live_started_at": call.live_started_ms.map(time),
+            "live_ended_at": call.live_ended_ms.map(time),
+            "ended_at": call.ended_ms.map(time),
             "participants": [],
             "participants_count_by_role": {},
             "anonymous_participant_count": 0,
             "accepted_by": {}, "rejected_by": {}, "missed_by": {},
         })
     });
-    let created = rfc3339_ms(call.created_ms);
+    let created = time(call.created_ms);
     json!({
         "cid": format!("{call_type}:{id}"),
         "type": call_type,
         "id": id,
         "current_session_id": broadcast.map(|b| b.session.as_str()).unwrap_or(""),
-        "created_by": {
-            "id": "host-sim", "name": "Simulated host", "role": "user", "teams": [], "custom": {},
-            "created_at": created, "updated_at": created,
-        },
+        "created_by": user_object("host-sim", "Simulated host", &created),
         "created_at": created,
         "updated_at": created,
         "backstage": call.backstage,
@@ -272,20 +275,64 @@ pub fn call_object(call: &Call, base_url: &str, call_type: &str, id: &str) -> Va
             "hls": hls,
             "rtmps": [],
         },
-        "ingress": { "rtmp": { "address": format!("rtmps://ingress.sim.invalid:443/{call_type}.{id}") } },
+        "ingress": {
+            "rtmp": { "address": format!("rtmps://ingress.sim.invalid:443/{call_type}.{id}") },
+            "srt": { "address": format!("srt://ingress.sim.invalid:7001?streamid={call_type}.{id}") },
+            "whip": { "address": format!("https://ingress.sim.invalid/whip/{call_type}.{id}") },
+        },
         "recording": false,
         "transcribing": false,
         "captioning": false,
+        "translating": false,
         "session": session,
-        "settings": {
-            "backstage": { "enabled": call.setup.backstage },
-            "broadcasting": { "enabled": true, "hls": { "enabled": true, "auto_on": false,
-                "quality_tracks": ["360p", "180p"] } },
-        },
+        "settings": settings(call.setup.backstage),
         "starts_at": null,
-        "ended_at": call.ended_ms.map(rfc3339_ms),
+        "ended_at": call.ended_ms.map(time),
         "team": null,
         "thumbnails": null,
+    })
+}
+
+/// A `UserResponse` with every field the SDKs require.
+fn user_object(id: &str, name: &str, created: &Value) -> Value {
+    json!({
+        "id": id, "name": name, "role": "user", "language": "", "teams": [], "custom": {},
+        "banned": false, "shadow_banned": false, "online": false, "invisible": false, "blocked_user_ids": [],
+        "created_at": created, "updated_at": created,
+    })
+}
+
+/// The call's `settings`: a `livestream` call type's, complete, because the SDKs' models require every group.
+fn settings(backstage: bool) -> Value {
+    let layout = json!({ "name": "spotlight", "external_app_url": "", "external_css_url": "" });
+    json!({
+        "audio": {
+            "access_request_enabled": false, "default_device": "speaker", "hifi_audio_enabled": false,
+            "mic_default_on": false, "opus_dtx_enabled": true, "redundant_coding_enabled": true,
+            "speaker_default_on": true,
+        },
+        "backstage": { "enabled": backstage },
+        "broadcasting": {
+            "enabled": true,
+            "hls": { "enabled": true, "auto_on": false, "quality_tracks": ["360p", "180p"], "layout": layout },
+            "rtmp": { "enabled": false, "quality": "720p", "layout": layout },
+        },
+        "encryption": { "mode": "disabled" },
+        "frame_recording": { "mode": "disabled", "capture_interval_in_seconds": 3 },
+        "geofencing": { "names": [] },
+        "individual_recording": { "mode": "disabled" },
+        "limits": { "max_participants_exclude_roles": [] },
+        "raw_recording": { "mode": "disabled" },
+        "recording": { "mode": "available", "audio_only": false, "quality": "720p", "layout": layout },
+        "ring": { "auto_cancel_timeout_ms": 30000, "incoming_call_timeout_ms": 15000, "missed_call_timeout_ms": 15000 },
+        "screensharing": { "enabled": true, "access_request_enabled": false },
+        "session": { "inactivity_timeout_seconds": 30 },
+        "thumbnails": { "enabled": false },
+        "transcription": { "mode": "disabled", "closed_caption_mode": "disabled", "language": "auto" },
+        "video": {
+            "enabled": true, "access_request_enabled": false, "camera_default_on": true, "camera_facing": "front",
+            "target_resolution": { "width": 1280, "height": 720 },
+        },
     })
 }
 
@@ -296,11 +343,11 @@ fn call_response(
     call_type: &str,
     id: &str,
 ) -> Value {
-    let created = rfc3339_ms(call.created_ms);
+    let created = shared.time_format.ms(call.created_ms);
     let member = |user_id: &str, role: &str| {
         json!({
             "user_id": user_id, "role": role, "custom": {},
-            "user": { "id": user_id, "name": user_id, "role": "user" },
+            "user": user_object(user_id, user_id, &created),
             "created_at": created, "updated_at": created,
         })
     };
@@ -313,7 +360,7 @@ fn call_response(
             .map(|(user, role)| member(user, role)),
     );
     json!({
-        "call": call_object(call, &shared.base_url, call_type, id),
+        "call": call_object(shared, call, call_type, id),
         "members": members,
         "own_capabilities": caller.capabilities(&shared.roles, call_type, id),
         "blocked_users": [],
@@ -381,10 +428,15 @@ impl Action {
     }
 }
 
+/// The body of `go_live` and `stop_live`, of which the simulator reads only the HLS flags. Options, because the
+/// SDKs may send `null` for what is not set.
 #[derive(Deserialize, Default)]
-struct GoLiveRequest {
+struct LiveRequest {
     #[serde(default)]
-    start_hls: bool,
+    start_hls: Option<bool>,
+    /// `stop_live` keeps HLS running when this is true.
+    #[serde(default)]
+    continue_hls: Option<bool>,
 }
 
 async fn call_action(
@@ -426,7 +478,8 @@ fn perform(
     body: &[u8],
 ) -> Result<Value, ApiError> {
     let caller = authenticate(shared, query, headers)?;
-    let go_live: GoLiveRequest = if action == Action::GoLive && !body.trim_ascii().is_empty() {
+    let live_actions = [Action::GoLive, Action::StopLive];
+    let request: LiveRequest = if live_actions.contains(&action) && !body.trim_ascii().is_empty() {
         serde_json::from_slice(body).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -435,7 +488,7 @@ fn perform(
             )
         })?
     } else {
-        GoLiveRequest::default()
+        LiveRequest::default()
     };
     let base = shared.base_url.as_str();
     shared
@@ -445,9 +498,11 @@ fn perform(
                 Action::StartBroadcasting => Op::StartBroadcasting,
                 Action::StopBroadcasting => Op::StopBroadcasting,
                 Action::GoLive => Op::GoLive {
-                    start_hls: go_live.start_hls,
+                    start_hls: request.start_hls.unwrap_or(false),
                 },
-                Action::StopLive => Op::StopLive,
+                Action::StopLive => Op::StopLive {
+                    continue_hls: request.continue_hls.unwrap_or(false),
+                },
                 Action::EndCall => Op::End,
             };
             shared
@@ -455,10 +510,11 @@ fn perform(
                 .map_err(|_| ApiError::call_ended(call_type, id))?;
             Ok(match action {
                 Action::StartBroadcasting => {
-                    json!({ "playlist_url": call.live_playlist_url(base, call_type, id) })
+                    let url = call.live_playlist_url(base, call_type, id);
+                    json!({ "playlist_url": url.unwrap_or_default() })
                 }
                 Action::GoLive | Action::StopLive => {
-                    json!({ "call": call_object(call, base, call_type, id) })
+                    json!({ "call": call_object(shared, call, call_type, id) })
                 }
                 Action::StopBroadcasting | Action::EndCall => json!({}),
             })
@@ -514,8 +570,16 @@ mod tests {
         assert_eq!(auth(&expired, q).map_err(|e| e.code), Err(40));
         assert_eq!(auth("not-a-jwt", q).map_err(|e| e.code), Err(5));
         assert_eq!(auth("", q).map_err(|e| e.code), Err(5));
-        let anonymous = token(json!({"iat": 1}), "secret");
-        assert_eq!(auth(&anonymous, q).map_err(|e| e.code), Err(5));
+        // What the official SDKs sign: no claims, or only `iat`.
+        assert_eq!(auth(&token(json!({}), "secret"), q), Ok(Caller::Server));
+        assert_eq!(
+            auth(&token(json!({"iat": 1}), "secret"), q),
+            Ok(Caller::Server)
+        );
+        let not_server = token(json!({"server": false}), "secret");
+        assert_eq!(auth(&not_server, q).map_err(|e| e.code), Err(5));
+        let nobody = token(json!({"user_id": ""}), "secret");
+        assert_eq!(auth(&nobody, q).map_err(|e| e.code), Err(5));
         let user = token(
             json!({"user_id": "alice", "exp": 4_000_000_000u64}),
             "secret",
@@ -571,7 +635,7 @@ mod tests {
         shared.add_call("livestream", "abc", CallSetup::default());
         let object = shared
             .with_call("livestream", "abc", |c| {
-                call_object(c, "http://sim", "livestream", "abc")
+                call_object(&shared, c, "livestream", "abc")
             })
             .unwrap_or_default();
         assert_eq!(object["cid"], "livestream:abc");
@@ -588,7 +652,7 @@ mod tests {
         shared.with_call("livestream", "abc", |c| c.stop_broadcasting(&shared.clock));
         let object = shared
             .with_call("livestream", "abc", |c| {
-                call_object(c, "http://sim", "livestream", "abc")
+                call_object(&shared, c, "livestream", "abc")
             })
             .unwrap_or_default();
         assert_eq!(object["egress"]["broadcasting"], false);

@@ -3,10 +3,74 @@
 //! Live playlists advance with this clock, so a test can make a broadcast move on by several segments with
 //! `SimHandle::advance_clock` instead of sleeping.
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde_json::Value;
 use tokio::sync::watch;
+
+/// How the simulator writes times (`created_at`, `ended_at`, …) in API answers and events. Stream sends both
+/// forms: its SDKs' generated models read integer Unix nanoseconds (the Python SDK reads nothing else), and the Go
+/// SDK reads RFC 3339 text first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimeFormat {
+    /// `1714564800000000007`.
+    #[default]
+    UnixNs,
+    /// `"2024-05-01T12:00:00.000000007Z"`.
+    Rfc3339,
+}
+
+impl TimeFormat {
+    /// A time known to the millisecond (the calls' lifecycle).
+    pub fn ms(self, unix_ms: i64) -> Value {
+        match self {
+            TimeFormat::UnixNs => Value::from(unix_ms.saturating_mul(1_000_000)),
+            TimeFormat::Rfc3339 => Value::from(rfc3339_ms(unix_ms)),
+        }
+    }
+
+    /// A time known to the nanosecond (events' `created_at`).
+    pub fn ns(self, unix_ns: i128) -> Value {
+        match self {
+            // i64 nanoseconds reach the year 2262; past that the time is pinned rather than wrapped.
+            TimeFormat::UnixNs => Value::from(i64::try_from(unix_ns).unwrap_or(if unix_ns < 0 {
+                i64::MIN
+            } else {
+                i64::MAX
+            })),
+            TimeFormat::Rfc3339 => Value::from(rfc3339_ns(unix_ns)),
+        }
+    }
+}
+
+/// A `--time-format` that is neither `unix-ns` nor `rfc3339`.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown time format {0:?}: expected unix-ns or rfc3339")]
+pub struct UnknownTimeFormat(String);
+
+impl FromStr for TimeFormat {
+    type Err = UnknownTimeFormat;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "unix-ns" => Ok(TimeFormat::UnixNs),
+            "rfc3339" => Ok(TimeFormat::Rfc3339),
+            other => Err(UnknownTimeFormat(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for TimeFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeFormat::UnixNs => "unix-ns",
+            TimeFormat::Rfc3339 => "rfc3339",
+        })
+    }
+}
 
 #[derive(Default)]
 pub struct Clock {
@@ -128,6 +192,30 @@ mod tests {
             "2024-05-01T12:00:00.000000007Z"
         );
         assert_eq!(rfc3339_ns(-1), "1969-12-31T23:59:59.999999999Z");
+    }
+
+    #[test]
+    fn times_are_written_in_the_chosen_format() {
+        assert_eq!(TimeFormat::default(), TimeFormat::UnixNs);
+        let at = 1_714_564_800_000_000_007;
+        assert_eq!(TimeFormat::UnixNs.ns(at), Value::from(at as i64));
+        assert_eq!(
+            TimeFormat::Rfc3339.ns(at),
+            Value::from("2024-05-01T12:00:00.000000007Z")
+        );
+        assert_eq!(
+            TimeFormat::UnixNs.ms(1_714_564_800_123),
+            Value::from(1_714_564_800_123_000_000i64)
+        );
+        assert_eq!(
+            TimeFormat::Rfc3339.ms(1_714_564_800_123),
+            Value::from("2024-05-01T12:00:00.123Z")
+        );
+        assert_eq!(TimeFormat::UnixNs.ns(i128::MAX), Value::from(i64::MAX));
+        for format in [TimeFormat::UnixNs, TimeFormat::Rfc3339] {
+            assert_eq!(format.to_string().parse(), Ok(format));
+        }
+        assert!("iso".parse::<TimeFormat>().is_err());
     }
 
     #[tokio::test]

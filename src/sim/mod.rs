@@ -2,16 +2,20 @@
 //!
 //! Tests, benchmarks and `hls-relay demo` use it in place of Stream. The pieces:
 //!
-//! - `api`: the Stream-compatible REST API (`/api/v2/video/call/{type}/{id}…`): Stream's auth (api_key + JWT),
-//!   error shape and call state, and the lifecycle: start/stop broadcasting, go live/stop live (backstage calls
-//!   are not live until `go_live`; `go_live` with `start_hls` starts HLS) and end call (`mark_ended`). Starting a
-//!   broadcast gives the call a playlist URL on the origin.
+//! - `api`: the Stream-compatible REST API (`/api/v2/video/call/{type}/{id}…`): Stream's auth (api_key + JWT;
+//!   server tokens with empty claims, as the official SDKs sign them, or `{"server": true}`), error shape and call
+//!   state, and the lifecycle: start/stop broadcasting, go live/stop live (backstage calls are not live until
+//!   `go_live`; `go_live` with `start_hls` starts HLS, `stop_live` stops it unless `continue_hls`) and end call
+//!   (`mark_ended`). Starting a broadcast gives the call a playlist URL on the origin. Answers carry every field
+//!   the official SDKs' models require, and write times as `SimConfig::time_format` says (Unix nanoseconds by
+//!   default, which is what those models parse; RFC 3339 on request).
 //! - `roles`: users and call members with roles (`host`, `admin`, `user`) and the capabilities the API checks; a
 //!   user without one is refused with Stream's 403 (code 17) naming the missing capability.
 //! - `webhooks`: every lifecycle change (from the API or a `SimHandle` method) emits a Stream event
 //!   (`call.broadcasting_started`/`_stopped`/`_failed`, or the `call.hls_*` names, `call.live_started`,
 //!   `call.ended`); with a webhook URL configured it is POSTed there, signed like Stream's, in order, with
-//!   retries. Tests can inspect deliveries and send forged, unsigned or replayed ones.
+//!   retries, gzipped if `compress_webhooks` is on. Tests can inspect deliveries and send forged, unsigned or
+//!   replayed ones.
 //! - `origin`: the CDN side (`/cdn/{type}/{id}/{session}/…`): a master playlist with two video variants and an
 //!   audio rendition, live sliding-window media playlists that advance in real time, and segments that loop the
 //!   embedded fixtures. Per call it can sign segment URLs, redirect the master, or misbehave (`OriginFault`).
@@ -57,6 +61,7 @@ use axum::response::Json;
 use axum::routing::get;
 use serde_json::{Value, json};
 
+pub use clock::{TimeFormat, UnknownTimeFormat};
 pub use fixtures::{PARTS_PER_SEGMENT, Rendition, SEGMENT_COUNT, SEGMENT_SECS};
 pub use hls::{
     ADVANCE_PART_LIMIT, BLOCK_TIMEOUT, LL_WINDOW_SEGMENTS, PART_HOLD_BACK, PART_INTERVAL,
@@ -78,6 +83,10 @@ pub struct SimConfig {
     pub webhook_url: Option<String>,
     /// Send `call.hls_broadcasting_started/stopped/failed` instead of `call.broadcasting_*` (default false).
     pub new_event_names: bool,
+    /// How API answers and events write times (default Unix nanoseconds, as the official SDKs read them).
+    pub time_format: TimeFormat,
+    /// Gzip webhook bodies, as Stream's dashboard setting does (default false). See `SimHandle::set_compress_webhooks`.
+    pub compress_webhooks: bool,
 }
 
 impl Default for SimConfig {
@@ -88,6 +97,8 @@ impl Default for SimConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             webhook_url: None,
             new_event_names: false,
+            time_format: TimeFormat::default(),
+            compress_webhooks: false,
         }
     }
 }
@@ -166,14 +177,13 @@ pub enum OriginFault {
 pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = advertised(listener.local_addr()?);
-    let shared = Arc::new(Shared::new(
-        config.api_key,
-        config.api_secret,
-        format!("http://{addr}"),
-    ));
+    let mut shared = Shared::new(config.api_key, config.api_secret, format!("http://{addr}"));
+    shared.time_format = config.time_format;
+    let shared = Arc::new(shared);
     shared
         .webhooks
         .configure(config.webhook_url, config.new_event_names);
+    shared.webhooks.set_compress(config.compress_webhooks);
     tokio::spawn(webhooks::run(shared.clone()));
     let app = Router::new()
         .merge(api::router())
@@ -288,7 +298,14 @@ impl SimHandle {
 
     /// Back to backstage; HLS stops with it, as the `stop_live` API does. False if the call is unknown.
     pub fn stop_live(&self, call_type: &str, id: &str) -> bool {
-        self.apply(call_type, id, Op::StopLive).is_some()
+        self.apply(
+            call_type,
+            id,
+            Op::StopLive {
+                continue_hls: false,
+            },
+        )
+        .is_some()
     }
 
     /// Ends the call, as `mark_ended` does: HLS stops, `ended_at` and `session.ended_at` are set, `call.ended` is
@@ -326,6 +343,12 @@ impl SimHandle {
         self.shared.webhooks.set_url(url);
     }
 
+    /// Whether events queued from now on are delivered gzipped (`Content-Encoding: gzip`; `X-Signature` stays the
+    /// HMAC of the uncompressed JSON), as with Stream's compression setting. `send_webhook` follows it too.
+    pub fn set_compress_webhooks(&self, compress: bool) {
+        self.shared.webhooks.set_compress(compress);
+    }
+
     /// Every delivery attempt so far, in order: event type, call, the receiver's status (None: no answer), attempt.
     pub fn webhook_deliveries(&self) -> Vec<Delivery> {
         self.shared.webhooks.deliveries()
@@ -337,11 +360,17 @@ impl SimHandle {
     }
 
     /// POSTs `body` to the webhook URL with fresh delivery headers, signed as asked (correctly, with a wrong key,
-    /// or without `X-Signature`). Not logged in `webhook_deliveries`. The receiver's status, or None if there is
-    /// no webhook URL or no answer.
+    /// or without `X-Signature`) and gzipped if webhooks are compressed. Not logged in `webhook_deliveries`. The
+    /// receiver's status, or None if there is no webhook URL or no answer.
     pub async fn send_webhook(&self, body: &[u8], signature: Signature) -> Option<u16> {
-        let (body, headers) =
-            webhooks::forged_or_signed(self.api_key(), self.api_secret(), body, signature);
+        let compress = self.shared.webhooks.compress();
+        let (body, headers) = webhooks::forged_or_signed(
+            self.api_key(),
+            self.api_secret(),
+            body,
+            signature,
+            compress,
+        );
         self.post_webhook(&body, &headers).await
     }
 
@@ -424,7 +453,8 @@ impl SimHandle {
         self.shared.clock.advance(by);
     }
 
-    /// A server-side token (`{"server": true}`) for this simulator's secret.
+    /// A server-side token in the older form (`{"server": true}`) for this simulator's secret; the official SDKs
+    /// sign empty claims, which the simulator accepts too.
     pub fn server_token(&self) -> String {
         self.token(json!({ "server": true, "iat": unix_now() }))
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::clock::Clock;
+use super::clock::{Clock, TimeFormat};
 use super::hls::{LL_PREROLL, PREROLL, Production, UriSigner, Window, session_dir};
 use super::roles::Roles;
 use super::webhooks::{self, EventKind, Webhooks};
@@ -287,7 +287,10 @@ pub enum Op {
     GoLive {
         start_hls: bool,
     },
-    StopLive,
+    StopLive {
+        /// HLS keeps running in backstage (`stop_live` with `continue_hls`).
+        continue_hls: bool,
+    },
     End,
     SetExternalUrl(String),
 }
@@ -301,6 +304,8 @@ pub struct Shared {
     pub api_key: String,
     pub api_secret: String,
     pub base_url: String,
+    /// How API answers and events write times.
+    pub time_format: TimeFormat,
     pub signer: UriSigner,
     pub clock: Clock,
     pub counters: Counters,
@@ -320,6 +325,7 @@ impl Shared {
             api_key,
             api_secret,
             base_url,
+            time_format: TimeFormat::default(),
             signer: UriSigner::new(rand::random()),
             clock: Clock::default(),
             counters: Counters::default(),
@@ -422,10 +428,11 @@ impl Shared {
                     emit(call, EventKind::BroadcastingStarted);
                 }
             }
-            Op::StopLive => {
-                // "Once the live ended, the HLS broadcast will be stopped as well" (Stream's HLS docs).
+            Op::StopLive { continue_hls } => {
+                // "Once the live ended, the HLS broadcast will be stopped as well" (Stream's HLS docs), unless the
+                // request asks to continue it.
                 call.stop_live(clock);
-                if call.stop_broadcasting(clock) {
+                if !continue_hls && call.stop_broadcasting(clock) {
                     emit(call, EventKind::BroadcastingStopped);
                 }
             }

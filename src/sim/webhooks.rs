@@ -3,19 +3,23 @@
 //! `emit` builds an event while its call is locked (so a call's events queue in the order its state changed, with
 //! strictly increasing `created_at`) and queues it if a webhook URL is configured. One background task (`run`)
 //! delivers the queue in order, as Stream does: `POST`, JSON body, `X-Signature` = hex HMAC-SHA256 of the exact
-//! body keyed by the API secret, `X-Api-Key`, `X-Webhook-Id`, `X-Webhook-Attempt`. A non-2xx answer or no answer
-//! within `ATTEMPT_TIMEOUT` is retried after `BACKOFF`; every attempt is logged for tests.
+//! JSON keyed by the API secret, `X-Api-Key`, `X-Webhook-Id`, `X-Webhook-Attempt`. With compression on (Stream's
+//! dashboard setting) the body is gzipped with `Content-Encoding: gzip`, and the signature is still over the
+//! uncompressed JSON. A non-2xx answer or no answer within `ATTEMPT_TIMEOUT` is retried after `BACKOFF`; every
+//! attempt is logged for tests.
 
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flate2::Compression;
+use flate2::write::GzEncoder;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use super::api::call_object;
-use super::clock::rfc3339_ns;
 use super::state::{Call, Shared};
 
 /// The pause before the second and third attempts; there is no fourth.
@@ -75,13 +79,13 @@ pub enum Signature {
 pub fn event_body(
     event_type: &str,
     call_cid: &str,
-    created_ns: i128,
+    created_at: Value,
     call: Value,
     hls_playlist_url: Option<&str>,
 ) -> Vec<u8> {
     let mut event = json!({
         "type": event_type,
-        "created_at": rfc3339_ns(created_ns),
+        "created_at": created_at,
         "call_cid": call_cid,
         "call": call,
     });
@@ -105,8 +109,8 @@ pub fn call_event(
     event_body(
         event_type,
         &format!("{call_type}:{id}"),
-        created_ns,
-        call_object(call, base, call_type, id),
+        shared.time_format.ns(created_ns),
+        call_object(shared, call, call_type, id),
         call.live_playlist_url(base, call_type, id).as_deref(),
     )
 }
@@ -134,14 +138,33 @@ pub fn webhook_id() -> String {
     )
 }
 
+/// `body` gzipped; None if compression failed (it cannot, writing to memory), so the body goes as it is.
+fn gzip(body: &[u8]) -> Option<Vec<u8>> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(body).ok()?;
+    encoder.finish().ok()
+}
+
+/// What goes on the wire for `json`: gzipped if asked (and then true), else as it is.
+fn wire_body(json: &[u8], compress: bool) -> (Vec<u8>, bool) {
+    match compress.then(|| gzip(json)).flatten() {
+        Some(gzipped) => (gzipped, true),
+        None => (json.to_vec(), false),
+    }
+}
+
 /// A delivery's headers; `signature` None leaves `X-Signature` out.
 pub fn headers(
     api_key: &str,
     signature: Option<String>,
     webhook_id: &str,
     attempt: u32,
+    gzipped: bool,
 ) -> Vec<(String, String)> {
     let mut headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
+    if gzipped {
+        headers.push(("Content-Encoding".to_owned(), "gzip".to_owned()));
+    }
     if let Some(signature) = signature {
         headers.push(("X-Signature".to_owned(), signature));
     }
@@ -160,13 +183,16 @@ struct Job {
     url: String,
     event_type: &'static str,
     call_cid: String,
+    /// The event's JSON, uncompressed.
     body: Vec<u8>,
     webhook_id: String,
+    compress: bool,
 }
 
 struct Config {
     url: Option<String>,
     new_event_names: bool,
+    compress: bool,
 }
 
 /// The webhook side of the shared state: where events go, the queue, and what was sent.
@@ -188,6 +214,7 @@ impl Default for Webhooks {
             config: Mutex::new(Config {
                 url: None,
                 new_event_names: false,
+                compress: false,
             }),
             last_created_ns: Mutex::new(i128::MIN),
             queue,
@@ -200,10 +227,17 @@ impl Default for Webhooks {
 
 impl Webhooks {
     pub fn configure(&self, url: Option<String>, new_event_names: bool) {
-        *lock(&self.config) = Config {
-            url,
-            new_event_names,
-        };
+        let mut config = lock(&self.config);
+        config.url = url;
+        config.new_event_names = new_event_names;
+    }
+
+    pub fn set_compress(&self, compress: bool) {
+        lock(&self.config).compress = compress;
+    }
+
+    pub fn compress(&self) -> bool {
+        lock(&self.config).compress
     }
 
     pub fn set_url(&self, url: Option<String>) {
@@ -233,9 +267,9 @@ impl Webhooks {
 /// Queues the event for the call's new state, if a webhook URL is configured.
 pub fn emit(shared: &Shared, call: &Call, call_type: &str, id: &str, kind: EventKind) {
     let webhooks = &shared.webhooks;
-    let (url, new_names) = {
+    let (url, new_names, compress) = {
         let config = lock(&webhooks.config);
-        (config.url.clone(), config.new_event_names)
+        (config.url.clone(), config.new_event_names, config.compress)
     };
     let event_type = kind.name(new_names);
     let created_ns = webhooks.next_created_ns(shared.clock.unix_ns());
@@ -248,6 +282,7 @@ pub fn emit(shared: &Shared, call: &Call, call_type: &str, id: &str, kind: Event
         call_cid: format!("{call_type}:{id}"),
         body: call_event(shared, call, call_type, id, event_type, created_ns),
         webhook_id: webhook_id(),
+        compress,
     };
     // The receiver lives as long as the delivery task; once the simulator is shut down events are dropped.
     let _ = webhooks.queue.send(job);
@@ -308,15 +343,17 @@ pub async fn run(shared: Arc<Shared>) {
 /// Sends one event, retrying after `BACKOFF` until the receiver answers 2xx or the attempts run out.
 async fn deliver(shared: &Shared, client: &reqwest::Client, job: &Job) {
     let signature = sign(shared.api_secret.as_bytes(), &job.body);
+    let (body, gzipped) = wire_body(&job.body, job.compress);
     for attempt in 1..=BACKOFF.len() as u32 + 1 {
         let sent = headers(
             &shared.api_key,
             Some(signature.clone()),
             &job.webhook_id,
             attempt,
+            gzipped,
         );
-        *lock(&shared.webhooks.last) = Some((job.body.clone(), sent.clone()));
-        let status = post(client, &job.url, &job.body, &sent).await;
+        *lock(&shared.webhooks.last) = Some((body.clone(), sent.clone()));
+        let status = post(client, &job.url, &body, &sent).await;
         lock(&shared.webhooks.deliveries).push(Delivery {
             event_type: job.event_type.to_owned(),
             call_cid: job.call_cid.clone(),
@@ -332,14 +369,22 @@ async fn deliver(shared: &Shared, client: &reqwest::Client, job: &Job) {
     }
 }
 
-/// A body signed as asked, with fresh delivery headers (attempt 1).
-pub fn forged_or_signed(api_key: &str, secret: &str, body: &[u8], how: Signature) -> SentWebhook {
+/// A body signed as asked, gzipped if asked, with fresh delivery headers (attempt 1).
+pub fn forged_or_signed(
+    api_key: &str,
+    secret: &str,
+    body: &[u8],
+    how: Signature,
+    compress: bool,
+) -> SentWebhook {
     let signature = match how {
         Signature::Valid => Some(sign(secret.as_bytes(), body)),
         Signature::Forged => Some(sign(format!("not-{secret}").as_bytes(), body)),
         Signature::Missing => None,
     };
-    (body.to_vec(), headers(api_key, signature, &webhook_id(), 1))
+    let (body, gzipped) = wire_body(body, compress);
+    let headers = headers(api_key, signature, &webhook_id(), 1, gzipped);
+    (body, headers)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -350,6 +395,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::sim::CallSetup;
+    use crate::sim::clock::TimeFormat;
     use crate::sim::state::Op;
 
     fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -364,7 +410,7 @@ mod tests {
         let started = event_body(
             "call.broadcasting_started",
             "livestream:abc",
-            1_714_564_800_000_000_007,
+            TimeFormat::Rfc3339.ns(1_714_564_800_000_000_007),
             json!({ "cid": "livestream:abc" }),
             Some("http://sim/master.m3u8"),
         );
@@ -375,7 +421,7 @@ mod tests {
         assert_eq!(event["call"]["cid"], "livestream:abc");
         assert_eq!(event["hls_playlist_url"], "http://sim/master.m3u8");
 
-        let ended = event_body("call.ended", "livestream:abc", 0, json!({}), None);
+        let ended = event_body("call.ended", "livestream:abc", json!(0), json!({}), None);
         let event: Value = serde_json::from_slice(&ended).unwrap_or_default();
         assert_eq!(event["type"], "call.ended");
         assert!(event.get("hls_playlist_url").is_none());
@@ -402,7 +448,7 @@ mod tests {
             sign(b"Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
-        let (body, signed) = forged_or_signed("key", "secret", b"{}", Signature::Valid);
+        let (body, signed) = forged_or_signed("key", "secret", b"{}", Signature::Valid, false);
         assert_eq!(body, b"{}");
         assert_eq!(
             header(&signed, "x-signature"),
@@ -411,12 +457,29 @@ mod tests {
         assert_eq!(header(&signed, "x-api-key"), Some("key"));
         assert_eq!(header(&signed, "x-webhook-attempt"), Some("1"));
         assert_eq!(header(&signed, "content-type"), Some("application/json"));
-        let (_, forged) = forged_or_signed("key", "secret", b"{}", Signature::Forged);
+        assert_eq!(header(&signed, "content-encoding"), None);
+        let (_, forged) = forged_or_signed("key", "secret", b"{}", Signature::Forged, false);
         let forged = header(&forged, "x-signature").unwrap_or_default();
         assert_eq!(forged.len(), 64);
         assert_ne!(forged, sign(b"secret", b"{}"));
-        let (_, missing) = forged_or_signed("key", "secret", b"{}", Signature::Missing);
+        let (_, missing) = forged_or_signed("key", "secret", b"{}", Signature::Missing, false);
         assert_eq!(header(&missing, "x-signature"), None);
+    }
+
+    #[test]
+    fn compressed_bodies_are_gzip_signed_over_the_json() {
+        let json = br#"{"type":"call.ended"}"#;
+        let (body, headers) = forged_or_signed("key", "secret", json, Signature::Valid, true);
+        assert_eq!(&body[..2], [0x1f, 0x8b], "gzip magic");
+        assert_eq!(header(&headers, "content-encoding"), Some("gzip"));
+        assert_eq!(
+            header(&headers, "x-signature"),
+            Some(sign(b"secret", json).as_str())
+        );
+        let mut inflated = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut inflated)
+            .expect("valid gzip");
+        assert_eq!(inflated, json);
     }
 
     #[test]
@@ -465,13 +528,13 @@ mod tests {
         );
         assert_eq!(events[0]["call"]["egress"]["broadcasting"], true);
         assert_eq!(events[1]["call"]["egress"]["broadcasting"], false);
-        assert!(events[1]["call"]["ended_at"].is_string());
-        let times: Vec<&str> = events
+        assert!(events[1]["call"]["ended_at"].is_i64());
+        // Unix nanoseconds by default, as the official SDKs read them.
+        let times: Vec<i64> = events
             .iter()
-            .filter_map(|e| e["created_at"].as_str())
+            .filter_map(|e| e["created_at"].as_i64())
             .collect();
         assert_eq!(times.len(), 2);
-        // Same-length RFC 3339 UTC strings order like the instants they name.
         assert!(times[0] < times[1], "{times:?}");
         assert_ne!(jobs[0].webhook_id, jobs[1].webhook_id);
     }
