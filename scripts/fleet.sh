@@ -25,6 +25,8 @@ bin=${HLS_RELAY_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/hls-relay}
 while IFS= read -r name; do
   case $name in HLS_RELAY_* | STREAM_API_*) unset "$name" ;; esac
 done < <(compgen -e)
+# Their logs go to files: plain text.
+export NO_COLOR=1
 
 need() {
   local found
@@ -213,8 +215,12 @@ print_fleet() {
 
 # --check ---------------------------------------------------------------------------------------------------------
 
+passed=0
 failures=0
-ok() { echo "ok    $*"; }
+ok() {
+  echo "ok    $*"
+  passed=$((passed + 1))
+}
 fail() {
   echo "FAIL  $*" >&2
   failures=$((failures + 1))
@@ -361,13 +367,10 @@ run_check() {
 print_fleet
 if [[ $mode == check ]]; then
   run_check
-  echo
-  if ((failures)); then
-    echo "fleet check: $failures failed" >&2
-    exit 1
-  fi
+  echo "(cluster tier $cluster)"
+  echo "fleet: $passed passed, $failures failed"
+  ((failures)) && exit 1
   keep_logs=0
-  echo "fleet check: all passed (cluster tier $cluster)"
   exit 0
 fi
 echo "Ctrl-C stops everything."
