@@ -150,7 +150,7 @@ start_relay() {
 # the first relay tells whether this one has it.
 cluster=on
 if ! start_relay 1 cluster 2>/dev/null; then
-  if grep -q "cluster" "$run_dir/relay1.log"; then
+  if grep -qF "found \`cluster\`" "$run_dir/relay1.log"; then
     cluster=off
     mv "$run_dir/relay1.log" "$run_dir/relay1-cluster-refused.log"
     pids=("${pids[@]:0:${#pids[@]}-1}")
