@@ -271,7 +271,13 @@ impl Config {
                     .only(&["STREAM_API_SECRET"])
                     .map(|_| "stream.api_secret".into()),
             )
-            .merge(Env::prefixed("HLS_RELAY_").split("__"))
+            // Only `SECTION__KEY` names: container platforms add `HLS_RELAY_PORT=tcp://…` and the like for a
+            // service named hls-relay (Kubernetes service links, Docker links), which are not config.
+            .merge(
+                Env::prefixed("HLS_RELAY_")
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            )
             .extract()
             .map_err(Box::new)?;
         config.validate()?;
@@ -498,6 +504,9 @@ mod tests {
             jail.set_env("HLS_RELAY_UPSTREAM__ALLOWED_HOSTS", "[\"cdn.example.com\"]");
             jail.set_env("STREAM_API_KEY", "key");
             jail.set_env("STREAM_API_SECRET", "secret");
+            // What Kubernetes adds for a Service named hls-relay: not config, and no reason to refuse to start.
+            jail.set_env("HLS_RELAY_PORT", "tcp://10.0.0.1:80");
+            jail.set_env("HLS_RELAY_SERVICE_HOST", "10.0.0.1");
             let config = Config::load(Some(Path::new("relay.toml"))).unwrap();
             assert_eq!(config.server.listen, "127.0.0.1:9000".parse().unwrap());
             assert_eq!(config.cache.max_bytes, ByteSize::gib(2));
