@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hls_relay::hls::playlist::{UriSite, inspect, rewrite, rewrite_marked_with};
-use hls_relay::hls::urlmap::{PlaylistLocation, PlaylistMapper, UrlCodec};
+use hls_relay::hls::urlmap::{ObjectKind, PlaylistLocation, PlaylistMapper, UrlCodec};
 use hls_relay::stream::call::CallId;
 use url::Url;
 
@@ -121,10 +121,25 @@ fn benches(c: &mut Criterion) {
         "https://hls.stream-io-cdn.com/livestream/bench/1080p/index.m3u8?token=eyJhbGciOiJIUzI1NiJ9.e30&exp=1714567890",
     )
     .unwrap();
-    let served_at = "aHR0cHM6Ly9obHMuc3RyZWFtLWlvLWNkbi5jb20vbGl2ZXN0cmVhbS9iZW5jaC8xMDgwcC8_dG9rZW49ZXlKaGJHY2lPaUpJVXpJMU5pSjkuZTMwJmV4cD0xNzE0NTY3ODkw";
+    // Where the relay serves this playlist: its own relay URL's location, shared by the segments beside it.
+    let own_reference = signer
+        .relay_ref(&call, &base, ObjectKind::Playlist, PlaylistLocation::Entry)
+        .unwrap();
+    let served_at = own_reference.split('/').next().unwrap();
     let from = PlaylistLocation::Object {
         location: served_at,
     };
+    let relayed = rewrite_marked_with(
+        media.as_bytes(),
+        &mut PlaylistMapper::new(&signer, &call, &base, from),
+    )
+    .unwrap();
+    eprintln!(
+        "1,000-line media playlist: upstream {} bytes, relayed {} bytes ({:+.1} %)",
+        media.len(),
+        relayed.body.len(),
+        (relayed.body.len() as f64 / media.len() as f64 - 1.0) * 100.0
+    );
 
     let mut group = c.benchmark_group("media_1000_lines");
     group.throughput(Throughput::Bytes(media.len() as u64));

@@ -151,7 +151,10 @@ async fn relayed_playlists_reveal_nothing_of_upstream() {
     }
     eprintln!("{checked} relay URIs checked");
     let master = world.playlist("/hls/livestream/crypt/index.m3u8").await;
-    assert!(master.contains("/m.key\""), "the session key is relayed: {master}");
+    assert!(
+        master.contains("/m.key\""),
+        "the session key is relayed: {master}"
+    );
     assert!(checked > 40);
 }
 
