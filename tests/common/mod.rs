@@ -309,7 +309,15 @@ pub struct SseReader {
 impl SseReader {
     /// Subscribes to `livestream:{call}` on `relay`.
     pub async fn open(relay: &RunningRelay, call: &str) -> SseReader {
-        let url = format!("{}/v1/calls/livestream/{call}/events", relay.base_url());
+        Self::from_url(&format!(
+            "{}/v1/calls/livestream/{call}/events",
+            relay.base_url()
+        ))
+        .await
+    }
+
+    /// Subscribes to the event stream at `url`.
+    pub async fn from_url(url: &str) -> SseReader {
         let response = client()
             .get(url)
             .timeout(Duration::from_secs(120))
