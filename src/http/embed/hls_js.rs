@@ -2,7 +2,7 @@
 //! `dist/hls.min.js`, unchanged), so that the page needs no third party: nothing to fetch from a CDN, nothing for
 //! a site's Content-Security-Policy to allow but the relay.
 //!
-//! Its URL carries its version (`/embed/hls-1.7.4.min.js`) so that it can be cached as immutable: a browser
+//! Its URL carries its version (`/embed/hls-{VERSION}.min.js`) so that it can be cached as immutable: a browser
 //! fetches it once, and a relay with another hls.js points its page at another URL. `/embed/hls.min.js` stays
 //! for whatever already links to it: the file at `embed.hls_js_path` when that is set, else the built-in one, but
 //! revalidated hourly, since what it names changes with the relay. The Brotli and gzip forms are made once, by
