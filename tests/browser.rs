@@ -352,18 +352,23 @@ async fn the_demos_player_page_plays_with_nothing_but_the_relay() {
         .expect("hls-relay demo starts");
     let mut lines = BufReader::new(demo.stdout.take().expect("piped")).lines();
     let printed = async {
-        let (mut page, mut iframe) = (None, None);
+        let (mut page, mut iframe, mut output) = (None, None, String::new());
         while let Some(line) = lines.next_line().await.expect("the demo's output") {
             if let Some(url) = line.trim().strip_prefix("Player page (web embed):") {
                 page = Some(url.trim().to_owned());
             } else if line.trim_start().starts_with("<iframe src=") {
-                iframe = Some(line);
+                iframe = Some(line.clone());
             }
             if let (Some(page), Some(iframe)) = (&page, &iframe) {
                 return (page.clone(), iframe.clone());
             }
+            output.push_str(&line);
+            output.push('\n');
+            if line.contains("Ctrl-C stops.") {
+                break;
+            }
         }
-        panic!("the demo exited without printing its player page and <iframe> snippet");
+        panic!("the demo printed no player page and <iframe> snippet:\n{output}");
     };
     let (page, iframe) = tokio::time::timeout(Duration::from_secs(30), printed)
         .await
