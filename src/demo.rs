@@ -35,10 +35,15 @@ pub async fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error + S
          Call state (Stream's shape):  curl {base}/v1/calls/livestream/demo\n\
          Playlist (MPEG-TS):           {base}/hls/livestream/demo/index.m3u8\n\
          Playlist (fMP4):              {base}/hls/livestream/demo-fmp4/index.m3u8\n\
+         Player page (web embed):      {base}/embed/livestream/demo\n\
          Metrics:                      {base}/metrics\n\n\
          Play it:  ffplay {base}/hls/livestream/demo/index.m3u8\n\
          \x20     or  vlc {base}/hls/livestream/demo/index.m3u8\n\
-         \x20     or  ffmpeg -i {base}/hls/livestream/demo/index.m3u8 -t 10 -f null -\n\n\
+         \x20     or  ffmpeg -i {base}/hls/livestream/demo/index.m3u8 -t 10 -f null -\n\
+         \x20     or  open {base}/embed/livestream/demo in a browser (hls.js comes from the relay)\n\n\
+         Embed it in a web page:\n\
+         \x20 <iframe src=\"{base}/embed/livestream/demo\" width=\"640\" height=\"360\" style=\"border:0\"\n\
+         \x20         allow=\"autoplay; fullscreen\" allowfullscreen title=\"Live broadcast\"></iframe>\n\n\
          Ctrl-C stops.",
         sim = simulator.base_url(),
     );

@@ -1,10 +1,12 @@
 //! Real-browser tests of the web embed: headless Chromium (Debian's `chromium`, driven by playwright-core from
 //! `tests/browser/play.mjs`) opens `/embed/{type}/{id}` and watches the broadcast through the relay: the video
 //! plays (its clock advances, frames decode) for MPEG-TS and fMP4 streams, waits for a broadcast that has not
-//! started, and says when the broadcast ends or fails.
+//! started, and says when the broadcast ends or fails. The browser reaches nothing but loopback (`--only-loopback`):
+//! the page plays with the hls.js built into the relay, and `hls-relay demo`'s player page plays as printed.
 //!
 //! CI installs Chromium and Node (`.ci/run`); elsewhere the browser tests say what is missing and stop. The npm
-//! packages (playwright-core, hls.js) are installed into `tests/browser/node_modules` on first use.
+//! packages (playwright-core, and hls.js to compare with the built-in copy) are installed into
+//! `tests/browser/node_modules` on first use.
 
 mod common;
 
@@ -13,8 +15,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use hls_relay::config::Config;
+use hls_relay::http::embed::hls_js;
 use hls_relay::sim::CallSetup;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// One browser at a time: on a small shared machine, parallel Chromiums starve each other's decoders and
@@ -30,12 +33,6 @@ fn browser_dir() -> PathBuf {
 
 fn hls_js_file() -> PathBuf {
     browser_dir().join("node_modules/hls.js/dist/hls.min.js")
-}
-
-/// Makes the embed page load hls.js from the relay (`/embed/hls.min.js`, the npm package's file): the tests
-/// have no internet, so the default CDN URL would not load.
-fn local_hls_js(config: &mut Config) {
-    config.embed.hls_js_path = Some(hls_js_file());
 }
 
 /// What a browser run needs, or None (after saying what is missing) where this machine cannot run one. In CI
@@ -107,8 +104,9 @@ async fn install_npm_packages() -> Result<(), String> {
 }
 
 /// Runs `play.mjs` on `url` (with `options` such as `--iframe`), expecting the page to go through `states` in
-/// order; `on_reached` is called as each one is reached (to act on the broadcast then). Returns the findings;
-/// panics with them if the run failed.
+/// order; `on_reached` is called as each one is reached (to act on the broadcast then). The browser can reach
+/// loopback only, and any attempt to reach further fails the run. Returns the findings; panics with them if the
+/// run failed.
 async fn play(
     url: &str,
     options: &[&str],
@@ -119,6 +117,7 @@ async fn play(
         .arg("play.mjs")
         .arg(url)
         .args(["--expect", &states.join(","), "--timeout", "60"])
+        .arg("--only-loopback")
         .args(options)
         .current_dir(browser_dir())
         .stdin(Stdio::null())
@@ -159,6 +158,11 @@ async fn play(
         status.success() && findings["ok"] == true,
         "the page did not go through {states:?} at {url}:\n{findings:#}\n{errors}"
     );
+    assert_eq!(
+        findings["blockedRequests"],
+        serde_json::json!([]),
+        "{findings:#}"
+    );
     findings
 }
 
@@ -186,7 +190,7 @@ fn assert_played(findings: &serde_json::Value) {
 
 async fn plays(call: &str, options: &[&str]) -> Option<serde_json::Value> {
     let _browser = browser_ready().await?;
-    let world = World::start_with(local_hls_js).await;
+    let world = World::start().await;
     let url = world.url(&format!("/embed/livestream/{call}"));
     let findings = play(&url, options, &["playing"], |_| {}).await;
     assert_played(&findings);
@@ -212,7 +216,7 @@ async fn chromium_plays_an_ll_hls_broadcast_in_the_embed() {
     let Some(_browser) = browser_ready().await else {
         return;
     };
-    let world = World::start_with(local_hls_js).await;
+    let world = World::start().await;
     let low_latency = CallSetup {
         flavour: Flavour::Fmp4,
         low_latency: true,
@@ -237,7 +241,6 @@ async fn the_embed_waits_for_the_broadcast_then_plays_it() {
     };
     // No webhooks here: the relay learns of the start by asking the API every call_ttl.
     let world = World::start_with(|c| {
-        local_hls_js(c);
         c.stream.call_ttl = Duration::from_millis(300);
     })
     .await;
@@ -271,7 +274,6 @@ async fn the_embed_shows_the_end_of_the_broadcast() {
     };
     // The relay learns of the stop by asking the API every call_ttl, and the page from the state stream.
     let world = World::start_with(|c| {
-        local_hls_js(c);
         c.stream.call_ttl = Duration::from_millis(300);
     })
     .await;
@@ -301,7 +303,6 @@ async fn the_embed_says_when_the_broadcast_failed() {
     // Only Stream's webhook says a broadcast failed (the API just says it stopped): the simulator delivers it,
     // signed, to the relay, which trusts its look-ups for a minute so the webhook alone changes the state.
     let world = World::start_with(|c| {
-        local_hls_js(c);
         c.stream.call_ttl = Duration::from_secs(60);
     })
     .await;
@@ -328,16 +329,80 @@ async fn the_embed_says_when_there_is_no_such_call() {
         return;
     };
     // The state stream refuses an unknown call (404), so the page falls back to polling, which says why.
-    let world = World::start_with(local_hls_js).await;
+    let world = World::start().await;
     let url = world.url("/embed/livestream/nosuchcall");
     let findings = play(&url, &[], &["error"], |_| {}).await;
     assert_eq!(at(&findings, "error")["status"], "This call does not exist");
 }
 
-/// The page itself, without a browser: frameable HTML with a strict policy, and the local hls.js.
+/// Issue 16, as a new user on a machine without internet tries it: `hls-relay demo` prints the player page, and
+/// that page plays the demo call in Chromium with everything, hls.js included, from the relay on 127.0.0.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demos_player_page_plays_with_nothing_but_the_relay() {
+    let Some(_browser) = browser_ready().await else {
+        return;
+    };
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_hls-relay"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("hls-relay demo starts");
+    let mut lines = BufReader::new(demo.stdout.take().expect("piped")).lines();
+    let printed = async {
+        let (mut page, mut iframe, mut output) = (None, None, String::new());
+        while let Some(line) = lines.next_line().await.expect("the demo's output") {
+            if let Some(url) = line.trim().strip_prefix("Player page (web embed):") {
+                page = Some(url.trim().to_owned());
+            } else if line.trim_start().starts_with("<iframe src=") {
+                iframe = Some(line.clone());
+            }
+            if let (Some(page), Some(iframe)) = (&page, &iframe) {
+                return (page.clone(), iframe.clone());
+            }
+            output.push_str(&line);
+            output.push('\n');
+            if line.contains("Ctrl-C stops.") {
+                break;
+            }
+        }
+        panic!("the demo printed no player page and <iframe> snippet:\n{output}");
+    };
+    let (page, iframe) = tokio::time::timeout(Duration::from_secs(30), printed)
+        .await
+        .expect("the demo prints its URLs in time");
+    assert!(
+        iframe.contains(&format!(r#"<iframe src="{page}""#)),
+        "{iframe}"
+    );
+    // The demo logs to stdout: keep reading, or a full pipe would stall it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let relay = page
+        .strip_suffix("/embed/livestream/demo")
+        .unwrap_or_else(|| panic!("the player page of livestream:demo, not {page}"));
+    assert!(relay.starts_with("http://127.0.0.1:"), "{page}");
+    let findings = play(&page, &[], &["playing"], |_| {}).await;
+    assert_played(&findings);
+    assert_eq!(
+        findings["origins"],
+        serde_json::json!([relay]),
+        "{findings:#}"
+    );
+    assert_eq!(
+        findings["scripts"],
+        serde_json::json!([format!("{relay}{}", hls_js::VERSIONED_ROUTE)]),
+        "{findings:#}"
+    );
+    demo.kill().await.ok();
+}
+
+/// The page itself, without a browser: frameable HTML whose policy allows the relay and nothing else.
 #[tokio::test]
 async fn the_embed_page_is_frameable_html_with_a_strict_policy() {
-    let world = World::start_with(local_hls_js).await;
+    let world = World::start().await;
     let response = world.get("/embed/livestream/ts").await;
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
@@ -347,26 +412,14 @@ async fn the_embed_page_is_frameable_html_with_a_strict_policy() {
     let csp = headers["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("frame-ancestors *"), "{csp}");
     assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    assert!(csp.contains("script-src 'self' 'sha256-"), "{csp}");
+    assert!(!csp.contains("http") && !csp.contains("unsafe-"), "{csp}");
     let page = response.text().await.unwrap();
     assert!(page.contains("<title>Live: livestream:ts</title>"));
-    assert!(page.contains(r#"<script src="../hls.min.js"></script>"#));
-
-    // The npm package is there once any browser test ran (or `npm ci`); without it the route says so.
-    if let Ok(file) = std::fs::read(hls_js_file()) {
-        let hls_js = world.get("/embed/hls.min.js").await;
-        assert_eq!(hls_js.status(), 200);
-        assert!(
-            hls_js.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/javascript")
-        );
-        assert!(hls_js.bytes().await.unwrap() == file);
-    } else {
-        world
-            .expect_error("/embed/hls.min.js", 404, "not_found")
-            .await;
-    }
+    assert!(page.contains(&format!(
+        r#"<script src="../hls-{}.min.js"></script>"#,
+        hls_js::VERSION
+    )));
 
     world
         .expect_error("/embed/livestream/Not%20Valid", 400, "bad_request")
@@ -374,4 +427,132 @@ async fn the_embed_page_is_frameable_html_with_a_strict_policy() {
     world
         .expect_error("/embed/livestream/ts/extra", 404, "not_found")
         .await;
+}
+
+/// A client that shows the bytes as sent: no automatic `Accept-Encoding`, no decoding.
+fn raw_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_gzip()
+        .timeout(PATIENCE)
+        .build()
+        .unwrap()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_relay_serves_its_hls_js_as_an_immutable_versioned_file() {
+    let world = World::start().await;
+    let http = raw_client();
+    let versioned = world.url(hls_js::VERSIONED_ROUTE);
+    assert_eq!(
+        versioned,
+        world.url(&format!("/embed/hls-{}.min.js", hls_js::VERSION))
+    );
+
+    let response = http.get(&versioned).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(
+        headers["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{}\"", hls_js::SHA256));
+    assert!(!headers.contains_key("content-encoding"));
+    let body = response.bytes().await.unwrap();
+    assert_eq!(sha256_hex(&body), hls_js::SHA256);
+    // The npm package the browser tests install (when they have run) is the same file.
+    if let Ok(npm) = std::fs::read(hls_js_file()) {
+        assert!(body == npm, "the built-in hls.js is the locked npm release");
+    }
+
+    let revalidated = http
+        .get(&versioned)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 304);
+    assert_eq!(revalidated.headers()["etag"], etag.as_str());
+
+    // Compressed once for every viewer, with its own validator.
+    let brotli = http
+        .get(&versioned)
+        .header("accept-encoding", "br, gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(brotli.status(), 200);
+    assert_eq!(brotli.headers()["content-encoding"], "br");
+    assert_eq!(brotli.headers()["vary"], "accept-encoding");
+    assert_ne!(brotli.headers()["etag"], etag.as_str());
+    let compressed = brotli.bytes().await.unwrap();
+    assert!(compressed.len() < body.len() / 2);
+    let mut decoded = Vec::new();
+    std::io::Read::read_to_end(
+        &mut brotli::Decompressor::new(&compressed[..], 4096),
+        &mut decoded,
+    )
+    .unwrap();
+    assert!(decoded == body);
+
+    // The unversioned URL still works, revalidated since its bytes change with the relay.
+    let unversioned = http
+        .get(world.url("/embed/hls.min.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unversioned.status(), 200);
+    assert_eq!(
+        unversioned.headers()["cache-control"],
+        "public, max-age=3600"
+    );
+    assert_eq!(unversioned.headers()["etag"], etag.as_str());
+    assert!(unversioned.bytes().await.unwrap() == body);
+}
+
+#[tokio::test]
+async fn a_local_file_or_a_cdn_replaces_the_built_in_hls_js() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hls.min.js");
+    std::fs::write(&file, "/* a site's own hls.js build */").unwrap();
+    let world = World::start_with(|c| c.embed.hls_js_path = Some(file.clone())).await;
+    let page = world
+        .get("/embed/livestream/ts")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(r#"<script src="../hls.min.js"></script>"#));
+    let local = world.get("/embed/hls.min.js").await;
+    assert_eq!(local.status(), 200);
+    assert_eq!(local.headers()["cache-control"], "public, max-age=3600");
+    assert_eq!(
+        local.text().await.unwrap(),
+        "/* a site's own hls.js build */"
+    );
+    // The versioned URL names the built-in file whatever the config says.
+    let built_in = world.get(hls_js::VERSIONED_ROUTE).await;
+    assert_eq!(sha256_hex(&built_in.bytes().await.unwrap()), hls_js::SHA256);
+
+    let cdn = "https://cdn.jsdelivr.net/npm/hls.js@1.7.4/dist/hls.min.js";
+    let world = World::start_with(|c| c.embed.hls_js_url = Some(cdn.into())).await;
+    let response = world.get("/embed/livestream/ts").await;
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self' https://cdn.jsdelivr.net 'sha256-"),
+        "{csp}"
+    );
+    let page = response.text().await.unwrap();
+    assert!(page.contains(&format!(r#"<script src="{cdn}"></script>"#)));
 }

@@ -1,10 +1,13 @@
 //! The web embed: `GET /embed/{type}/{id}` is a small self-contained page (a `<video>` and hls.js) that waits
 //! for the call's broadcast through the SSE state stream, plays it through the relay, and says when it has not
-//! started, has ended or failed. Sites put it in an `<iframe>`. `GET /embed/hls.min.js` serves a local hls.js
-//! when `embed.hls_js_path` is set, for deployments (and tests) that cannot or will not load it from a CDN.
+//! started, has ended or failed. Sites put it in an `<iframe>`.
 //!
-//! The page's markup, style and script live in `src/embed/` and are compiled in: no build step, no files to
-//! ship. Only the call and the hls.js location are interpolated, escaped for where they land.
+//! Everything the page loads comes from the relay by default: its markup, style and script live in
+//! `src/http/embed/` and hls.js in `src/http/embed/vendor/` ([`hls_js`]), all compiled in: no build step, no files
+//! to ship, no third party. `embed.hls_js_url` opts into a CDN's hls.js instead, `embed.hls_js_path` into a local
+//! file. Only the call and the hls.js location are interpolated into the page, escaped for where they land.
+
+pub mod hls_js;
 
 use std::path::PathBuf;
 use std::sync::LazyLock;
@@ -29,52 +32,40 @@ const PAGE: &str = include_str!("embed/page.html");
 const STYLE: &str = include_str!("embed/style.css");
 const SCRIPT: &str = include_str!("embed/player.js");
 
-/// Where the page loads hls.js from when `hls_js_path` is set: the route below, relative to the page
-/// (`/embed/{type}/{id}`), so that it also works behind a proxy that mounts the relay under a path.
-const LOCAL_HLS_JS: &str = "../hls.min.js";
-
 /// The inline style and script are allowed by hash rather than `'unsafe-inline'`: nothing else inline runs,
 /// even if something ever slipped through the escaping.
 static STYLE_HASH: LazyLock<String> = LazyLock::new(|| csp_hash(STYLE));
 static SCRIPT_HASH: LazyLock<String> = LazyLock::new(|| csp_hash(SCRIPT));
 
-/// `[embed]` in the config file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// `[embed]` in the config file. Neither key set (the default): the page loads the hls.js built into the relay.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmbedConfig {
-    /// Where the page loads hls.js from (an http(s) URL, or a path on the relay's origin); its origin is
-    /// allowed by the page's Content-Security-Policy.
-    pub hls_js_url: String,
-    /// A local hls.js file (e.g. `node_modules/hls.js/dist/hls.min.js`), served at `/embed/hls.min.js` and used by
-    /// the page instead of `hls_js_url`.
+    /// hls.js from elsewhere, e.g. a CDN: an http(s) URL, whose origin the page's Content-Security-Policy then
+    /// allows, or a path on the relay's own origin.
+    pub hls_js_url: Option<String>,
+    /// A local hls.js file, served at `/embed/hls.min.js` and used by the page instead of the built-in one or
+    /// `hls_js_url`.
     pub hls_js_path: Option<PathBuf>,
-}
-
-impl Default for EmbedConfig {
-    fn default() -> Self {
-        EmbedConfig {
-            hls_js_url: "https://cdn.jsdelivr.net/npm/hls.js@1/dist/hls.min.js".into(),
-            hls_js_path: None,
-        }
-    }
 }
 
 impl EmbedConfig {
     /// Start-up checks, for `Config::validate`: a usable URL, and a local file that exists.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let usable = match Url::parse(&self.hls_js_url) {
-            Ok(url) => matches!(url.scheme(), "http" | "https"),
-            // A path on the relay's own origin (`/static/hls.min.js`), not `//host/...`.
-            Err(_) => self.hls_js_url.starts_with('/') && !self.hls_js_url.starts_with("//"),
-        };
-        if !usable {
-            return Err(ConfigError::Invalid {
-                key: "embed.hls_js_url",
-                reason: format!(
-                    "`{}` is neither an http(s) URL nor a path starting with /",
-                    self.hls_js_url
-                ),
-            });
+        if let Some(hls_js_url) = &self.hls_js_url {
+            let usable = match Url::parse(hls_js_url) {
+                Ok(url) => matches!(url.scheme(), "http" | "https"),
+                // A path on the relay's own origin (`/static/hls.min.js`), not `//host/...`.
+                Err(_) => hls_js_url.starts_with('/') && !hls_js_url.starts_with("//"),
+            };
+            if !usable {
+                return Err(ConfigError::Invalid {
+                    key: "embed.hls_js_url",
+                    reason: format!(
+                        "`{hls_js_url}` is neither an http(s) URL nor a path starting with /"
+                    ),
+                });
+            }
         }
         if let Some(path) = &self.hls_js_path
             && !path.is_file()
@@ -89,26 +80,27 @@ impl EmbedConfig {
 
     /// What the page's `<script src>` says.
     fn script_src(&self) -> &str {
-        if self.hls_js_path.is_some() {
-            LOCAL_HLS_JS
-        } else {
-            &self.hls_js_url
+        match (&self.hls_js_path, &self.hls_js_url) {
+            (Some(_), _) => hls_js::FROM_PAGE,
+            (None, Some(url)) => url,
+            (None, None) => hls_js::VERSIONED_FROM_PAGE,
         }
     }
 
     /// The CSP source that allows hls.js: its origin when it comes from elsewhere.
     fn script_origin(&self) -> Option<String> {
-        if self.hls_js_path.is_some() {
-            return None;
+        match (&self.hls_js_path, &self.hls_js_url) {
+            (None, Some(url)) => foreign_origin(url),
+            _ => None,
         }
-        foreign_origin(&self.hls_js_url)
     }
 }
 
 /// The embed routes, merged into the relay's router.
 pub fn routes() -> Router<Relay> {
     Router::new()
-        .route("/embed/hls.min.js", get(hls_js))
+        .route(hls_js::VERSIONED_ROUTE, get(hls_js::versioned))
+        .route(hls_js::ROUTE, get(hls_js::unversioned))
         .route("/embed/{type}/{id}", get(page))
 }
 
@@ -148,36 +140,6 @@ async fn page(
     Ok((headers, render_page(&call, &config)).into_response())
 }
 
-/// `GET /embed/hls.min.js`: the configured local hls.js.
-async fn hls_js(State(relay): State<Relay>) -> Result<Response, RelayError> {
-    let config = relay.config().embed.clone();
-    let Some(path) = config.hls_js_path else {
-        return Err(RelayError::NotFound(
-            "no local hls.js is configured (embed.hls_js_path)".into(),
-        ));
-    };
-    let body = tokio::fs::read(&path).await.map_err(|error| {
-        tracing::warn!(path = %path.display(), %error, "embed.hls_js_path cannot be read");
-        RelayError::NotFound("hls.js is not available".into())
-    })?;
-    let headers = [
-        (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/javascript; charset=utf-8"),
-        ),
-        // Revalidated hourly: a new hls.js reaches viewers within the hour without versioned URLs.
-        (
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=3600"),
-        ),
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
-    ];
-    Ok((headers, body).into_response())
-}
-
 fn render_page(call: &CallId, config: &EmbedConfig) -> String {
     // Relative to the page, like the hls.js route, so a path prefix in front of the relay keeps working.
     let calls = format!("../../v1/calls/{}/{}", call.kind(), call.id());
@@ -210,9 +172,10 @@ fn render_page(call: &CallId, config: &EmbedConfig) -> String {
     out
 }
 
-/// `default-src 'none'` and only what the player needs: its own style and script (by hash), hls.js, requests to
-/// the relay (state stream, playlists, media; also at `server.public_url` when that is another origin), MSE
-/// blobs and hls.js's worker. `frame-ancestors *`: any site may frame it, that is its purpose.
+/// `default-src 'none'` and only what the player needs: its own style and script (by hash), hls.js (from the relay,
+/// or a configured CDN's origin), requests to the relay (state stream, playlists, media; also at
+/// `server.public_url` when that is another origin), MSE's `blob:` media and hls.js's `blob:` worker.
+/// `frame-ancestors *`: any site may frame it, that is its purpose.
 fn content_security_policy(script_origin: Option<String>, public_origin: Option<String>) -> String {
     let script_origin = script_origin.map(|o| format!(" {o}")).unwrap_or_default();
     let public_origin = public_origin.map(|o| format!(" {o}")).unwrap_or_default();
@@ -277,22 +240,43 @@ mod tests {
         CallId::new("livestream", "abc_1-2").unwrap()
     }
 
+    const CDN: &str = "https://cdn.jsdelivr.net/npm/hls.js@1.7.4/dist/hls.min.js";
+
+    fn from_cdn() -> EmbedConfig {
+        EmbedConfig {
+            hls_js_url: Some(CDN.into()),
+            hls_js_path: None,
+        }
+    }
+
+    fn local_file() -> EmbedConfig {
+        EmbedConfig {
+            hls_js_path: Some("/opt/hls.min.js".into()),
+            ..from_cdn()
+        }
+    }
+
     #[test]
-    fn the_page_points_at_the_call_and_hls_js() {
+    fn the_page_points_at_the_call_and_the_built_in_hls_js() {
         let page = render_page(&call(), &EmbedConfig::default());
         assert!(page.contains("<title>Live: livestream:abc_1-2</title>"));
         assert!(page.contains(r#""events":"../../v1/calls/livestream/abc_1-2/events""#));
         assert!(page.contains(r#""state":"../../v1/calls/livestream/abc_1-2""#));
-        assert!(page.contains(
-            r#"<script src="https://cdn.jsdelivr.net/npm/hls.js@1/dist/hls.min.js"></script>"#
-        ));
+        assert!(page.contains(&format!(
+            r#"<script src="../hls-{}.min.js"></script>"#,
+            hls_js::VERSION
+        )));
         assert!(!page.contains("{{"), "every placeholder is filled");
+        assert!(!page.contains("https:"), "nothing from a third party");
+    }
 
-        let local = EmbedConfig {
-            hls_js_path: Some("/opt/hls.min.js".into()),
-            ..EmbedConfig::default()
-        };
-        assert!(render_page(&call(), &local).contains(r#"<script src="../hls.min.js"></script>"#));
+    #[test]
+    fn a_cdn_or_a_local_file_replaces_the_built_in_hls_js() {
+        let page = render_page(&call(), &from_cdn());
+        assert!(page.contains(&format!(r#"<script src="{CDN}"></script>"#)));
+        // A local file wins over a CDN URL.
+        let page = render_page(&call(), &local_file());
+        assert!(page.contains(r#"<script src="../hls.min.js"></script>"#));
     }
 
     #[test]
@@ -308,7 +292,7 @@ mod tests {
             "</script><!-- \u{2028}"
         );
         let config = EmbedConfig {
-            hls_js_url: r#"https://cdn.example/x.js"><script>alert(1)</script>"#.into(),
+            hls_js_url: Some(r#"https://cdn.example/x.js"><script>alert(1)</script>"#.into()),
             hls_js_path: None,
         };
         let page = render_page(&call(), &config);
@@ -322,13 +306,26 @@ mod tests {
         assert!(page.contains(&format!("<script>{SCRIPT}</script>")));
         assert!(page.contains(&format!("<style>{STYLE}</style>")));
 
+        // By default: the relay and nothing else.
+        let csp = content_security_policy(EmbedConfig::default().script_origin(), None);
+        assert_eq!(
+            csp,
+            format!(
+                "default-src 'none'; script-src 'self' {script}; style-src {style}; connect-src 'self'; \
+                 media-src 'self' blob:; worker-src blob:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors *",
+                script = &*SCRIPT_HASH,
+                style = &*STYLE_HASH,
+            )
+        );
+
         let csp = content_security_policy(
-            EmbedConfig::default().script_origin(),
+            from_cdn().script_origin(),
             foreign_origin("https://live.example.com/base/"),
         );
         assert!(csp.starts_with("default-src 'none'; "));
         assert!(csp.contains(&format!(
-            "script-src 'self' https://cdn.jsdelivr.net {}",
+            "script-src 'self' https://cdn.jsdelivr.net {};",
             &*SCRIPT_HASH
         )));
         assert!(csp.contains(&format!("style-src {};", &*STYLE_HASH)));
@@ -337,21 +334,16 @@ mod tests {
         assert!(csp.contains("frame-ancestors *"));
         assert!(!csp.contains("unsafe-inline"));
 
-        let local = EmbedConfig {
-            hls_js_path: Some("/opt/hls.min.js".into()),
-            ..EmbedConfig::default()
-        };
-        let csp = content_security_policy(local.script_origin(), None);
-        assert!(csp.contains("script-src 'self' 'sha256-"));
-        assert!(csp.contains("connect-src 'self';"));
+        let csp = content_security_policy(local_file().script_origin(), None);
+        assert!(csp.contains(&format!("script-src 'self' {};", &*SCRIPT_HASH)));
     }
 
     #[test]
     fn settings_are_checked_at_start_up() {
         assert!(EmbedConfig::default().validate().is_ok());
-        for url in ["/static/hls.min.js", "http://10.0.0.1:8000/hls.js"] {
+        for url in ["/static/hls.min.js", "http://10.0.0.1:8000/hls.js", CDN] {
             let config = EmbedConfig {
-                hls_js_url: url.into(),
+                hls_js_url: Some(url.into()),
                 hls_js_path: None,
             };
             assert!(config.validate().is_ok(), "{url}");
@@ -363,14 +355,15 @@ mod tests {
             "",
         ] {
             let config = EmbedConfig {
-                hls_js_url: url.into(),
+                hls_js_url: Some(url.into()),
                 hls_js_path: None,
             };
-            assert!(config.validate().is_err(), "{url}");
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("embed.hls_js_url"), "{url}: {error}");
         }
         let missing = EmbedConfig {
             hls_js_path: Some("/nonexistent/hls.min.js".into()),
-            ..EmbedConfig::default()
+            hls_js_url: None,
         };
         let error = missing.validate().unwrap_err().to_string();
         assert!(error.contains("embed.hls_js_path"), "{error}");
@@ -379,7 +372,7 @@ mod tests {
     #[test]
     fn a_relative_hls_js_url_is_served_by_the_relay_itself() {
         let config = EmbedConfig {
-            hls_js_url: "/static/hls.min.js".into(),
+            hls_js_url: Some("/static/hls.min.js".into()),
             hls_js_path: None,
         };
         assert_eq!(config.script_origin(), None);

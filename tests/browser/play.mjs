@@ -1,6 +1,6 @@
 // Opens the relay's embed page in headless Chromium and checks what a viewer would see.
 //
-//   node play.mjs URL [--expect STATE[,STATE...]] [--timeout SECONDS] [--iframe]
+//   node play.mjs URL [--expect STATE[,STATE...]] [--timeout SECONDS] [--iframe] [--only-loopback]
 //
 // The page's `data-state` must go through the listed states in order (default: `playing`). On reaching each one
 // this prints a JSON line {"reached": STATE, ...} (the Rust test acts on these, e.g. stops the broadcast once it
@@ -11,6 +11,11 @@
 // --iframe puts the page in an <iframe> on another site, as an embedding site would, and checks it there. That
 // site is served by this script on loopback under the name `localhost`, so it is cross-site to a relay reached as
 // 127.0.0.1 (Chromium refuses to let a public site frame a loopback one: Local Network Access).
+//
+// --only-loopback cuts the browser off from everything but this machine, as on a viewer's network where the only
+// reachable server is the relay: host names other than localhost do not resolve, and any request to a host other
+// than 127.0.0.1 or localhost is aborted and listed under blockedRequests, which fails the run. Every origin the
+// page asked anything of is listed under origins, every script it loaded under scripts.
 //
 // CHROMIUM names the browser binary (default /usr/bin/chromium, Debian's).
 
@@ -23,6 +28,8 @@ const url = args.find((a) => !a.startsWith('--') && !isOptionValue(a));
 const expect = (option('--expect') ?? 'playing').split(',').filter(Boolean);
 const timeoutMs = Number(option('--timeout') ?? 60) * 1000;
 const inIframe = args.includes('--iframe');
+const onlyLoopback = args.includes('--only-loopback');
+const LOOPBACK = ['127.0.0.1', 'localhost'];
 
 function option(name) {
   const at = args.indexOf(name);
@@ -35,11 +42,25 @@ function isOptionValue(arg) {
 }
 
 if (!url) {
-  console.error('usage: node play.mjs URL [--expect STATE[,STATE...]] [--timeout SECONDS] [--iframe]');
+  console.error(
+    'usage: node play.mjs URL [--expect STATE[,STATE...]] [--timeout SECONDS] [--iframe] [--only-loopback]',
+  );
   process.exit(2);
 }
 
-const findings = { url, expect, inIframe, reached: [], consoleErrors: [], pageErrors: [], failedRequests: [] };
+const findings = {
+  url,
+  expect,
+  inIframe,
+  onlyLoopback,
+  reached: [],
+  consoleErrors: [],
+  pageErrors: [],
+  failedRequests: [],
+  blockedRequests: [],
+  origins: [],
+  scripts: [],
+};
 const deadline = Date.now() + timeoutMs;
 let browser;
 
@@ -68,11 +89,29 @@ try {
       '--disable-component-update',
       '--disable-sync',
       '--autoplay-policy=no-user-gesture-required',
+      // Nothing resolves but loopback, so not even the browser's own background requests can leave the machine.
+      ...(onlyLoopback ? ['--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost'] : []),
     ],
     timeout: 30000,
   });
   findings.browser = browser.version();
-  const page = await browser.newPage();
+  const context = await browser.newContext();
+  context.on('request', (request) => {
+    const requested = new URL(request.url());
+    if (!requested.protocol.startsWith('http') && !requested.protocol.startsWith('ws')) return; // blob:, data:
+    if (!findings.origins.includes(requested.origin)) findings.origins.push(requested.origin);
+    if (request.resourceType() === 'script') findings.scripts.push(request.url());
+  });
+  if (onlyLoopback) {
+    // Aborted before it leaves the browser, and recorded: a resolver rule alone would only show up as a failure
+    // the page might survive.
+    await context.route('**/*', (route) => {
+      if (LOOPBACK.includes(new URL(route.request().url()).hostname)) return route.continue();
+      findings.blockedRequests.push(route.request().url());
+      return route.abort('blockedbyclient');
+    });
+  }
+  const page = await context.newPage();
   page.on('console', (message) => {
     // HTTP error statuses are listed under failedRequests (the page expects some, e.g. 404 for an unknown call);
     // any other console error (a script error, a Content-Security-Policy refusal) is a problem.
@@ -106,7 +145,8 @@ try {
     console.log(JSON.stringify({ reached: state, ...seen }));
   }
 
-  const problems = [...findings.pageErrors, ...findings.consoleErrors];
+  const blocked = findings.blockedRequests.map((request) => `requested off loopback: ${request}`);
+  const problems = [...findings.pageErrors, ...findings.consoleErrors, ...blocked];
   report(problems.length === 0, problems.length ? { error: `page problems: ${problems.join(' | ')}` } : {});
   await browser.close();
   process.exit(problems.length === 0 ? 0 : 1);
