@@ -28,6 +28,16 @@ fn event(kind: &str, cid: &str, created_at: &str, playlist_url: Option<&str>) ->
     event.to_string().into_bytes()
 }
 
+/// A `call.broadcasting_stopped` event for `livestream:ts`.
+fn stopped_ts(created_at: &str) -> Vec<u8> {
+    event(
+        "call.broadcasting_stopped",
+        "livestream:ts",
+        created_at,
+        None,
+    )
+}
+
 async fn post_webhook(
     world: &World,
     body: Vec<u8>,
@@ -125,12 +135,7 @@ async fn a_signed_start_flips_the_state_with_no_api_request() {
 async fn forged_missing_and_oversized_deliveries_change_nothing() {
     let world = world().await;
     assert!(broadcasting(&world, "ts").await);
-    let stop = event(
-        "call.broadcasting_stopped",
-        "livestream:ts",
-        "2026-11-26T10:00:00Z",
-        None,
-    );
+    let stop = stopped_ts("2026-11-26T10:00:00Z");
 
     let forged = sign("not-the-secret", &stop);
     assert_error(
@@ -178,12 +183,7 @@ async fn forged_missing_and_oversized_deliveries_change_nothing() {
 async fn compressed_deliveries_are_signed_over_the_uncompressed_json() {
     let world = world().await;
     assert!(broadcasting(&world, "ts").await);
-    let stop = event(
-        "call.broadcasting_stopped",
-        "livestream:ts",
-        "2026-11-26T10:00:00Z",
-        None,
-    );
+    let stop = stopped_ts("2026-11-26T10:00:00Z");
     let compressed = gzip(&stop);
     let key = world.sim.api_key();
 
@@ -218,12 +218,7 @@ async fn compressed_deliveries_are_signed_over_the_uncompressed_json() {
 async fn gzip_bombs_other_apps_and_other_codings_are_refused() {
     let world = world().await;
     assert!(broadcasting(&world, "ts").await);
-    let stop = event(
-        "call.broadcasting_stopped",
-        "livestream:ts",
-        "2026-11-26T10:00:00Z",
-        None,
-    );
+    let stop = stopped_ts("2026-11-26T10:00:00Z");
     let signature = sign(world.sim.api_secret(), &stop);
     let key = world.sim.api_key();
 
@@ -249,12 +244,7 @@ async fn gzip_bombs_other_apps_and_other_codings_are_refused() {
 #[tokio::test]
 async fn a_retried_webhook_id_is_applied_once() {
     let world = world().await;
-    let stop = event(
-        "call.broadcasting_stopped",
-        "livestream:ts",
-        "2026-11-26T10:00:00Z",
-        None,
-    );
+    let stop = stopped_ts("2026-11-26T10:00:00Z");
     let signature = sign(world.sim.api_secret(), &stop);
     let key = world.sim.api_key();
     let mut outcomes = Vec::new();
@@ -312,16 +302,7 @@ async fn stopping_ends_players_with_an_endlist_playlist() {
     assert!(!live.contains("#EXT-X-ENDLIST"));
 
     // Upstream has not ended its playlists yet: the relay ends them itself.
-    deliver(
-        &world,
-        event(
-            "call.broadcasting_stopped",
-            "livestream:ts",
-            "2026-11-26T10:00:00Z",
-            None,
-        ),
-    )
-    .await;
+    deliver(&world, stopped_ts("2026-11-26T10:00:00Z")).await;
 
     let last = world.playlist(&media_path).await;
     assert!(last.trim_end().ends_with("#EXT-X-ENDLIST"), "{last}");
@@ -339,16 +320,7 @@ async fn a_restart_with_a_new_playlist_url_is_followed() {
     let old_url = world.sim.playlist_url("livestream", "ts").unwrap();
 
     world.sim.stop_broadcasting("livestream", "ts");
-    deliver(
-        &world,
-        event(
-            "call.broadcasting_stopped",
-            "livestream:ts",
-            "2026-11-26T10:00:00Z",
-            None,
-        ),
-    )
-    .await;
+    deliver(&world, stopped_ts("2026-11-26T10:00:00Z")).await;
     world.sim.start_broadcasting("livestream", "ts");
     let new_url = world.sim.playlist_url("livestream", "ts").unwrap();
     assert_ne!(old_url, new_url);
@@ -373,12 +345,7 @@ async fn a_restart_with_a_new_playlist_url_is_followed() {
 async fn late_and_repeated_deliveries_never_override_newer_events() {
     let world = world().await;
     let url = world.sim.playlist_url("livestream", "ts").unwrap();
-    let stop = event(
-        "call.broadcasting_stopped",
-        "livestream:ts",
-        "2026-11-26T10:00:10Z",
-        None,
-    );
+    let stop = stopped_ts("2026-11-26T10:00:10Z");
     assert_eq!(deliver(&world, stop.clone()).await["outcome"], "applied");
     let late_start = event(
         "call.broadcasting_started",
@@ -415,27 +382,9 @@ async fn pages_see_each_change_once_and_in_order() {
         world.url("/hls/livestream/ts/index.m3u8")
     );
 
-    deliver(
-        &world,
-        event(
-            "call.broadcasting_stopped",
-            "livestream:ts",
-            "2026-11-26T10:00:01Z",
-            None,
-        ),
-    )
-    .await;
+    deliver(&world, stopped_ts("2026-11-26T10:00:01Z")).await;
     // A duplicate delivery is not a change.
-    deliver(
-        &world,
-        event(
-            "call.broadcasting_stopped",
-            "livestream:ts",
-            "2026-11-26T10:00:01Z",
-            None,
-        ),
-    )
-    .await;
+    deliver(&world, stopped_ts("2026-11-26T10:00:01Z")).await;
     let url = world.sim.playlist_url("livestream", "ts").unwrap();
     deliver(
         &world,

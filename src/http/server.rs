@@ -862,7 +862,8 @@ fn render_whole(
     response
 }
 
-fn etag_matches(request: &HeaderMap, etag: &HeaderValue) -> bool {
+/// `If-None-Match` (a list, weak forms, `*`) against the representation's strong ETag.
+pub(crate) fn etag_matches(request: &HeaderMap, etag: &HeaderValue) -> bool {
     let Some(candidates) = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())

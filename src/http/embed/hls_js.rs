@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 use crate::error::RelayError;
 use crate::hls::encoding::{self, Variants};
+use crate::http::server::etag_matches;
 use crate::relay::Relay;
 
 /// One literal for the version, so that the paths below can be `concat!`ed constants.
@@ -126,19 +127,6 @@ async fn local_file(path: PathBuf) -> Result<Response, RelayError> {
 
 fn javascript() -> HeaderValue {
     HeaderValue::from_static("text/javascript; charset=utf-8")
-}
-
-/// `If-None-Match` (a list, weak forms, `*`) against the representation's strong ETag.
-fn etag_matches(request: &HeaderMap, etag: &HeaderValue) -> bool {
-    let Some(candidates) = request
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    candidates.split(',').map(str::trim).any(|candidate| {
-        candidate == "*" || candidate.trim_start_matches("W/").as_bytes() == etag.as_bytes()
-    })
 }
 
 #[cfg(test)]
