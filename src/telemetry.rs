@@ -53,6 +53,7 @@ pub struct Metrics {
     pub events: IntCounterVec,
     pub event_lag_seconds: HistogramVec,
     pub sqs_receive_errors: IntCounterVec,
+    pub sqs_queue_up: IntGauge,
 }
 
 impl Metrics {
@@ -126,6 +127,11 @@ impl Metrics {
             &["operation"],
         )
         .expect("valid metric");
+        let sqs_queue_up = IntGauge::new(
+            "sqs_queue_up",
+            "1 while the SQS consumer's last receive succeeded; 0 otherwise, or with no consumer",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache_lookups.clone()),
@@ -137,6 +143,7 @@ impl Metrics {
             Box::new(events.clone()),
             Box::new(event_lag_seconds.clone()),
             Box::new(sqs_receive_errors.clone()),
+            Box::new(sqs_queue_up.clone()),
         ] {
             registry
                 .register(collector)
@@ -154,6 +161,7 @@ impl Metrics {
             events,
             event_lag_seconds,
             sqs_receive_errors,
+            sqs_queue_up,
         }
     }
 

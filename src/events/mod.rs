@@ -12,11 +12,13 @@
 //! - [`payload`]: bounded gzip inflation and the queue message forms (pure).
 //! - [`webhook`]: a delivery's checks: app key, content coding, size, signature (pure).
 //! - [`replay`]: the webhook ids already applied, so that a retried delivery is applied once.
+//! - [`sqs`]: the SQS consumer (long polling, backoff, deletes once applied), off unless `events.sqs_queue_url`.
 //! - [`hub`]: the per-call channels that Server-Sent Events read.
 
 pub mod hub;
 pub mod payload;
 pub mod replay;
+pub mod sqs;
 pub mod timestamp;
 pub mod webhook;
 

@@ -12,6 +12,8 @@
 //!   (`call.broadcasting_started`/`_stopped`/`_failed`, or the `call.hls_*` names, `call.live_started`,
 //!   `call.ended`); with a webhook URL configured it is POSTed there, signed like Stream's, in order, with
 //!   retries. Tests can inspect deliveries and send forged, unsigned or replayed ones.
+//! - `sqs`: with an `SqsTarget`, every event also goes to an SQS queue (`SendMessage`), as JSON or base64(gzip(JSON)),
+//!   optionally in an SNS envelope, as Stream's SQS and SNS deliveries arrive.
 //! - `origin`: the CDN side (`/cdn/{type}/{id}/{session}/…`): a master playlist with two video variants and an
 //!   audio rendition, live sliding-window media playlists that advance in real time, and segments that loop the
 //!   embedded fixtures. Per call it can sign segment URLs, redirect the master, or misbehave (`OriginFault`).
@@ -40,6 +42,7 @@ mod hls;
 mod mp4;
 mod origin;
 mod roles;
+mod sqs;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -62,6 +65,7 @@ pub use hls::{
     ADVANCE_PART_LIMIT, BLOCK_TIMEOUT, LL_WINDOW_SEGMENTS, PART_HOLD_BACK, PART_INTERVAL,
     PART_TARGET, SKIP_UNTIL, WINDOW_SEGMENTS,
 };
+pub use sqs::{SqsTarget, message_body as sqs_message_body};
 pub use state::ENDED_RETENTION;
 pub use webhooks::{ATTEMPT_TIMEOUT, BACKOFF, Delivery, SentWebhook, Signature};
 
@@ -78,6 +82,8 @@ pub struct SimConfig {
     pub webhook_url: Option<String>,
     /// Send `call.hls_broadcasting_started/stopped/failed` instead of `call.broadcasting_*` (default false).
     pub new_event_names: bool,
+    /// An SQS queue events are also sent to (None by default). See `SimHandle::set_sqs`.
+    pub sqs: Option<SqsTarget>,
 }
 
 impl Default for SimConfig {
@@ -88,6 +94,7 @@ impl Default for SimConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             webhook_url: None,
             new_event_names: false,
+            sqs: None,
         }
     }
 }
@@ -175,6 +182,8 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         .webhooks
         .configure(config.webhook_url, config.new_event_names);
     tokio::spawn(webhooks::run(shared.clone()));
+    shared.sqs.configure(config.sqs);
+    tokio::spawn(sqs::run(shared.clone()));
     let app = Router::new()
         .merge(api::router())
         .merge(origin::router())
@@ -324,6 +333,16 @@ impl SimHandle {
     /// Where events go from now on (None: nowhere). Events already queued keep their URL.
     pub fn set_webhook_url(&self, url: Option<String>) {
         self.shared.webhooks.set_url(url);
+    }
+
+    /// Where events are also sent from now on (None: not to SQS). Events already queued keep their target.
+    pub fn set_sqs(&self, target: Option<SqsTarget>) {
+        self.shared.sqs.configure(target);
+    }
+
+    /// Messages the SQS queue accepted so far.
+    pub fn sqs_sent(&self) -> u64 {
+        self.shared.sqs.sent()
     }
 
     /// Every delivery attempt so far, in order: event type, call, the receiver's status (None: no answer), attempt.
