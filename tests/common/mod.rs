@@ -117,6 +117,16 @@ pub async fn assert_error(
 }
 
 pub async fn start_relay(sim: &SimHandle, tweak: impl FnOnce(&mut Config)) -> RunningRelay {
+    start_relay_with_aws(sim, tweak, hls_relay::events::sqs::aws_defaults()).await
+}
+
+/// As `start_relay`, with the SQS consumer's AWS credentials and region from `aws` (the process environment is
+/// not for tests to change).
+pub async fn start_relay_with_aws(
+    sim: &SimHandle,
+    tweak: impl FnOnce(&mut Config),
+    aws: aws_config::ConfigLoader,
+) -> RunningRelay {
     let mut config = Config::default();
     config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.server.url_key = Some("test-url-key-0123456789".into());
@@ -126,7 +136,9 @@ pub async fn start_relay(sim: &SimHandle, tweak: impl FnOnce(&mut Config)) -> Ru
     config.upstream.first_byte_timeout = Duration::from_secs(2);
     tweak(&mut config);
     config.validate().expect("test config is valid");
-    RunningRelay::start(config).await.expect("relay starts")
+    RunningRelay::start_with_aws(config, aws)
+        .await
+        .expect("relay starts")
 }
 
 pub fn client() -> reqwest::Client {
@@ -268,5 +280,54 @@ impl FixedOrigin {
 
     pub fn total_requests(&self) -> u64 {
         self.total.load(Ordering::SeqCst)
+    }
+}
+
+/// A page's view of `/v1/calls/{type}/{id}/events`: `event:`/`data:` pairs, keep-alive comments skipped.
+pub struct SseReader {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl SseReader {
+    pub async fn open(world: &World, call: &str) -> SseReader {
+        let response = world
+            .http
+            .get(world.url(&format!("/v1/calls/livestream/{call}/events")))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        SseReader {
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event's name and data, within `PATIENCE`.
+    pub async fn next(&mut self) -> (String, serde_json::Value) {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|line| line.strip_prefix(name))
+                        .map(|v| v.trim().to_owned())
+                };
+                if let (Some(name), Some(data)) = (field("event:"), field("data:")) {
+                    return (name, serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(PATIENCE, self.body.next())
+                .await
+                .expect("an SSE event in time")
+                .expect("the stream stays open")
+                .unwrap();
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
     }
 }
