@@ -30,7 +30,13 @@ impl Moto {
         if !Moto::installed() {
             return None;
         }
-        Some(Moto::start_on(free_port()).await)
+        // A port free a moment ago may be taken by the time moto binds it: then another.
+        Some(Moto::retry(free_port).await)
+    }
+
+    /// On `port` (again, after a kill: moto then starts empty).
+    async fn start_on(port: u16) -> Moto {
+        Moto::retry(|| port).await
     }
 
     fn installed() -> bool {
@@ -52,8 +58,20 @@ impl Moto {
         installed
     }
 
-    /// On `port` (again, after a kill: moto then starts empty).
-    async fn start_on(port: u16) -> Moto {
+    async fn retry(mut port: impl FnMut() -> u16) -> Moto {
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            match Moto::launch(port()).await {
+                Ok(moto) => return moto,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("moto did not start: {failures:#?}");
+    }
+
+    /// One try: moto answering, or why not (it exited, e.g. its port was taken, with its stderr).
+    async fn launch(port: u16) -> Result<Moto, String> {
+        let stderr = tempfile::NamedTempFile::new().expect("a temporary file");
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -65,20 +83,33 @@ impl Moto {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr.reopen().expect("the temporary file"))
             .spawn()
             .expect("python3 -m moto.server starts");
-        let moto = Moto { child, port };
+        let mut moto = Moto { child, port };
         let http = client();
         let ready = format!("{}/moto-api/", moto.endpoint());
-        within(MOTO_PATIENCE, "moto answers", || async {
-            http.get(&ready)
+        let deadline = tokio::time::Instant::now() + MOTO_PATIENCE;
+        loop {
+            let answered = http
+                .get(&ready)
                 .send()
                 .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        moto
+                .is_ok_and(|r| r.status().is_success());
+            if answered {
+                return Ok(moto);
+            }
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                let output = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+                return Err(format!("port {port}: moto exited ({status}): {output}"));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "port {port}: moto did not answer in {MOTO_PATIENCE:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn endpoint(&self) -> String {
@@ -238,6 +269,8 @@ async fn metric(world: &World, series: &str) -> f64 {
 }
 
 const RECEIVE_ERRORS: &str = r#"hls_relay_sqs_receive_errors_total{operation="receive"}"#;
+const APPLIED_STOPS: &str =
+    r#"hls_relay_events_total{outcome="applied",source="sqs",type="call.broadcasting_stopped"}"#;
 
 /// Polls `condition` until it holds, failing after `bound`.
 async fn within<F, Fut>(bound: Duration, what: &str, mut condition: F)
@@ -481,10 +514,12 @@ async fn events_queued_before_the_relay_starts_are_applied_when_it_does() {
         .await;
 
     let world = world(sim, &moto.endpoint(), &queue.url).await;
+    // Asked before the event is applied, the relay would look the call up in the API, which says it broadcasts.
     eventually("the queued stop applied", || async {
-        !broadcasting(&world, "ts").await
+        metric(&world, APPLIED_STOPS).await == 1.0
     })
     .await;
+    assert!(!broadcasting(&world, "ts").await);
     eventually("the backlog deleted", || async {
         queue.messages_left().await == 0
     })
