@@ -31,6 +31,7 @@ pub struct Config {
     pub tls: Option<TlsPaths>,
     pub embed: EmbedConfig,
     pub cluster: ClusterConfig,
+    pub events: EventsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -153,6 +154,30 @@ impl ServerConfig {
     }
 }
 
+/// Event deliveries besides webhooks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// The SQS queue Stream (or an SNS topic) sends the app's events to; unset: no SQS consumer.
+    pub sqs_queue_url: Option<String>,
+    /// Normally unset: AWS's endpoint for the region (`AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL` also work).
+    /// For SQS-compatible servers.
+    pub sqs_endpoint_url: Option<String>,
+    /// How long one receive waits for messages (SQS long polling, whole seconds, 1s to 20s).
+    #[serde(with = "humantime_serde")]
+    pub sqs_wait_time: Duration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            sqs_queue_url: None,
+            sqs_endpoint_url: None,
+            sqs_wait_time: Duration::from_secs(20),
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         let listener = ListenerConfig::default();
@@ -227,6 +252,30 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
         }
+    }
+}
+
+impl EventsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, url) in [
+            ("events.sqs_queue_url", &self.sqs_queue_url),
+            ("events.sqs_endpoint_url", &self.sqs_endpoint_url),
+        ] {
+            let Some(url) = url else { continue };
+            let parsed =
+                Url::parse(url).map_err(|e| invalid(key, format!("`{url}` is not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid(key, format!("`{url}` is not an http(s) URL")));
+            }
+        }
+        let wait = self.sqs_wait_time;
+        if wait.subsec_nanos() != 0 || !(1..=20).contains(&wait.as_secs()) {
+            return Err(invalid(
+                "events.sqs_wait_time",
+                "must be whole seconds from 1s to 20s (SQS long polling)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -357,6 +406,7 @@ impl Config {
         }
         self.embed.validate()?;
         self.cluster.validate()?;
+        self.events.validate()?;
         if self.cache.max_bytes.as_u64() < 1024 * 1024 {
             return Err(invalid("cache.max_bytes", "must be at least 1MiB"));
         }
@@ -468,6 +518,22 @@ mod tests {
         config.upstream.allowed_hosts = vec!["https://cdn.example.com/".into()];
         let message = config.validate().unwrap_err().to_string();
         assert!(message.contains("upstream.allowed_hosts"), "{message}");
+
+        let mut config = Config::default();
+        config.events.sqs_queue_url = Some("sqs://queue".into());
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("events.sqs_queue_url"), "{message}");
+
+        for wait in [
+            Duration::ZERO,
+            Duration::from_millis(1500),
+            Duration::from_secs(21),
+        ] {
+            let mut config = Config::default();
+            config.events.sqs_wait_time = wait;
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains("events.sqs_wait_time"), "{message}");
+        }
     }
 
     #[test]
@@ -517,6 +583,16 @@ mod tests {
             assert_eq!(
                 config.credentials().unwrap(),
                 ("key".into(), "secret".into())
+            );
+
+            jail.set_env(
+                "HLS_RELAY_EVENTS__SQS_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/stream-events",
+            );
+            let config = Config::load(Some(Path::new("relay.toml"))).unwrap();
+            assert_eq!(
+                config.events.sqs_queue_url.as_deref(),
+                Some("https://sqs.eu-west-1.amazonaws.com/123456789012/stream-events")
             );
 
             jail.set_env("HLS_RELAY_SERVER__PUBLIC_URL", "ftp://nope");

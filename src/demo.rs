@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 
 use crate::config::Config;
+use crate::events::sqs;
 use crate::http::server::{self, RunningRelay};
-use crate::sim::{self, CallSetup, Flavour, SimConfig};
+use crate::sim::{self, CallSetup, Flavour, SimConfig, SqsTarget};
 use crate::telemetry;
 
 /// Fixed so that relay URLs stay valid across demo restarts (a player left open keeps working).
@@ -53,14 +54,53 @@ pub async fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error + S
     Ok(())
 }
 
+/// `hls-relay sim`'s SQS delivery, as Stream's SQS (or SNS→SQS) integration sends events.
+#[derive(clap::Args, Debug)]
+pub struct SqsArgs {
+    /// Also send every event to this SQS queue (AWS credentials and region from the standard chain; an
+    /// SQS-compatible server through AWS_ENDPOINT_URL_SQS).
+    #[arg(long, value_name = "URL")]
+    sqs_queue_url: Option<String>,
+    /// Send base64(gzip(JSON)) message bodies, as Stream's compression does.
+    #[arg(long, requires = "sqs_queue_url")]
+    sqs_compress: bool,
+    /// Wrap each message in an SNS notification envelope, as a queue subscribed to a topic receives it.
+    #[arg(long, requires = "sqs_queue_url")]
+    sqs_sns_envelope: bool,
+}
+
+impl SqsArgs {
+    async fn target(self) -> Result<Option<SqsTarget>, String> {
+        let Some(queue_url) = self.sqs_queue_url else {
+            return Ok(None);
+        };
+        url::Url::parse(&queue_url).map_err(|e| format!("--sqs-queue-url {queue_url}: {e}"))?;
+        let mut aws = sqs::aws_defaults();
+        if let Some(region) = sqs::region_of(&queue_url) {
+            aws = aws.region(aws_config::Region::new(region));
+        }
+        Ok(Some(SqsTarget {
+            queue_url,
+            aws: aws.load().await,
+            compress: self.sqs_compress,
+            sns_envelope: self.sqs_sns_envelope,
+        }))
+    }
+}
+
 /// `hls-relay sim`: the simulator alone, with calls pointing wherever the caller says.
 pub async fn run_simulator(
     config: SimConfig,
     calls: &[String],
+    sqs: SqsArgs,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     telemetry::init_logging(&Config::default().log);
     let time_format = config.time_format;
-    let simulator = sim::start(config).await?;
+    let simulator = sim::start(SimConfig {
+        sqs: sqs.target().await?,
+        ..config
+    })
+    .await?;
     if calls.is_empty() {
         simulator.add_call("livestream", "demo", CallSetup::default());
     }

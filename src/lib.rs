@@ -23,7 +23,7 @@
 //!   [`hls::encoding`] (compressed variants).
 //! - [`stream`]: Stream's side: [`stream::call`] (call ids), [`stream::api`] (the REST client),
 //!   [`stream::resolver`] (which playlist a call broadcasts, cached and coalesced).
-//! - [`events`]: how the relay learns of broadcast changes ([`events::webhook`]) and tells pages
+//! - [`events`]: how the relay learns of broadcast changes ([`events::webhook`], [`events::sqs`]) and tells pages
 //!   ([`events::hub`]).
 //! - [`relay`]: the data path ([`relay::Relay`]), its [`relay::cache`] (moka + streaming fills) and
 //!   [`relay::upstream`] (the HTTP client to Stream's CDN).

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hls_relay::config::Config;
+use hls_relay::events::sqs;
 use hls_relay::http::server;
 use hls_relay::sim::{SimConfig, TimeFormat};
 use hls_relay::{demo, telemetry};
@@ -64,6 +65,8 @@ enum Command {
         /// `call.broadcasting_*`.
         #[arg(long)]
         new_event_names: bool,
+        #[command(flatten)]
+        sqs: demo::SqsArgs,
     },
     /// Operate one call through the Stream API: get, start-hls, stop-hls, go-live, stop-live.
     Call(hls_relay::cli::CallArgs),
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
                 webhook_url,
                 compress_webhooks,
                 new_event_names,
+                sqs,
             } => {
                 let config = SimConfig {
                     listen,
@@ -108,7 +112,7 @@ fn main() -> ExitCode {
                     new_event_names,
                     ..SimConfig::default()
                 };
-                demo::run_simulator(config, &calls).await
+                demo::run_simulator(config, &calls, sqs).await
             }
             // `call` has exit codes of its own (1: Stream refused, 2: usage or config).
             Command::Call(args) => return hls_relay::cli::run(args).await,
@@ -142,9 +146,19 @@ async fn serve(
         })?;
     // Loaded before anything else starts: a bad certificate stops start-up naming its config key.
     let http = hls_relay::http::listener::Server::new(config.listener())?;
+    let grace = config.server.shutdown_grace;
     let relay = server::build_relay(config)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let consumer = sqs::spawn(relay.clone(), sqs::aws_defaults(), stopped);
     tracing::info!(addr = %listener.local_addr()?, tls = http.tls().is_some(), "hls-relay listening");
-    http.serve(listener, server::app(relay), server::shutdown_signal())
-        .await?;
+    let shutdown = async move {
+        server::shutdown_signal().await;
+        stop.send_replace(true);
+    };
+    http.serve(listener, server::app(relay), shutdown).await?;
+    if let Some(consumer) = consumer {
+        // The consumer finishes the batch it holds (apply, delete), so those messages are not applied twice.
+        let _ = tokio::time::timeout(grace, consumer).await;
+    }
     Ok(())
 }

@@ -56,6 +56,7 @@ pub struct Metrics {
     pub cluster_redis_up: IntGauge,
     pub cluster_errors: IntCounterVec,
     pub cluster_lookups: IntCounterVec,
+    pub sqs_queue_up: IntGauge,
 }
 
 impl Metrics {
@@ -151,6 +152,11 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let sqs_queue_up = IntGauge::new(
+            "sqs_queue_up",
+            "1 while the SQS consumer's last receive succeeded; 0 otherwise, or with no consumer",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache_lookups.clone()),
@@ -165,6 +171,7 @@ impl Metrics {
             Box::new(cluster_redis_up.clone()),
             Box::new(cluster_errors.clone()),
             Box::new(cluster_lookups.clone()),
+            Box::new(sqs_queue_up.clone()),
         ] {
             registry
                 .register(collector)
@@ -185,6 +192,7 @@ impl Metrics {
             cluster_redis_up,
             cluster_errors,
             cluster_lookups,
+            sqs_queue_up,
         }
     }
 

@@ -13,12 +13,14 @@
 //! - [`webhook`]: a delivery's checks: app key, content coding, size, signature (pure).
 //! - [`replay`]: the webhook ids already applied, so that a retried delivery is applied once.
 //! - [`fleet`]: events as instances of one fleet pass them on (through `cluster`).
+//! - [`sqs`]: the SQS consumer (long polling, backoff, deletes once applied), off unless `events.sqs_queue_url`.
 //! - [`hub`]: the per-call channels that Server-Sent Events read.
 
 pub mod fleet;
 pub mod hub;
 pub mod payload;
 pub mod replay;
+pub mod sqs;
 pub mod timestamp;
 pub mod webhook;
 

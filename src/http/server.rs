@@ -245,11 +245,21 @@ pub struct RunningRelay {
 
 impl RunningRelay {
     pub async fn start(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Self::start_with_aws(config, events::sqs::aws_defaults()).await
+    }
+
+    /// As [`Self::start`], with the SQS consumer's AWS settings (credentials, region) from `aws` rather than the
+    /// process environment, which parallel tests cannot set safely.
+    pub async fn start_with_aws(
+        config: Config,
+        aws: aws_config::ConfigLoader,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let listener = TcpListener::bind(config.server.listen).await?;
         let addr = listener.local_addr()?;
         let http = crate::http::listener::Server::new(config.listener())?;
         let relay = build_relay(config)?;
         let (shutdown, mut stop) = tokio::sync::watch::channel(false);
+        events::sqs::spawn(relay.clone(), aws, shutdown.subscribe());
         let app = app(relay.clone());
         tokio::spawn(async move {
             let stopped = async move {

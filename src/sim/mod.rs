@@ -16,6 +16,8 @@
 //!   `call.ended`); with a webhook URL configured it is POSTed there, signed like Stream's, in order, with
 //!   retries, gzipped if `compress_webhooks` is on. Tests can inspect deliveries and send forged, unsigned or
 //!   replayed ones.
+//! - `sqs`: with an `SqsTarget`, every event also goes to an SQS queue (`SendMessage`), as JSON or base64(gzip(JSON)),
+//!   optionally in an SNS envelope, as Stream's SQS and SNS deliveries arrive.
 //! - `origin`: the CDN side (`/cdn/{type}/{id}/{session}/…`): a master playlist with two video variants and an
 //!   audio rendition, live sliding-window media playlists that advance in real time, and segments that loop the
 //!   embedded fixtures. Per call it can sign segment URLs, redirect the master, or misbehave (`OriginFault`).
@@ -44,6 +46,7 @@ mod hls;
 mod mp4;
 mod origin;
 mod roles;
+mod sqs;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -67,6 +70,7 @@ pub use hls::{
     ADVANCE_PART_LIMIT, BLOCK_TIMEOUT, LL_WINDOW_SEGMENTS, PART_HOLD_BACK, PART_INTERVAL,
     PART_TARGET, SKIP_UNTIL, WINDOW_SEGMENTS,
 };
+pub use sqs::{SqsTarget, message_body as sqs_message_body};
 pub use state::ENDED_RETENTION;
 pub use webhooks::{ATTEMPT_TIMEOUT, BACKOFF, Delivery, SentWebhook, Signature};
 
@@ -87,6 +91,8 @@ pub struct SimConfig {
     pub time_format: TimeFormat,
     /// Gzip webhook bodies, as Stream's dashboard setting does (default false). See `SimHandle::set_compress_webhooks`.
     pub compress_webhooks: bool,
+    /// An SQS queue events are also sent to (None by default). See `SimHandle::set_sqs`.
+    pub sqs: Option<SqsTarget>,
 }
 
 impl Default for SimConfig {
@@ -99,6 +105,7 @@ impl Default for SimConfig {
             new_event_names: false,
             time_format: TimeFormat::default(),
             compress_webhooks: false,
+            sqs: None,
         }
     }
 }
@@ -185,6 +192,8 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         .configure(config.webhook_url, config.new_event_names);
     shared.webhooks.set_compress(config.compress_webhooks);
     tokio::spawn(webhooks::run(shared.clone()));
+    shared.sqs.configure(config.sqs);
+    tokio::spawn(sqs::run(shared.clone()));
     let app = Router::new()
         .merge(api::router())
         .merge(origin::router())
@@ -347,6 +356,16 @@ impl SimHandle {
     /// HMAC of the uncompressed JSON), as with Stream's compression setting. `send_webhook` follows it too.
     pub fn set_compress_webhooks(&self, compress: bool) {
         self.shared.webhooks.set_compress(compress);
+    }
+
+    /// Where events are also sent from now on (None: not to SQS). Events already queued keep their target.
+    pub fn set_sqs(&self, target: Option<SqsTarget>) {
+        self.shared.sqs.configure(target);
+    }
+
+    /// Messages the SQS queue accepted so far.
+    pub fn sqs_sent(&self) -> u64 {
+        self.shared.sqs.sent()
     }
 
     /// Every delivery attempt so far, in order: event type, call, the receiver's status (None: no answer), attempt.

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use super::clock::{Clock, TimeFormat};
 use super::hls::{LL_PREROLL, PREROLL, Production, UriSigner, Window, session_dir};
 use super::roles::Roles;
+use super::sqs::SqsOut;
 use super::webhooks::{self, EventKind, Webhooks};
 use super::{CallSetup, OriginFault};
 
@@ -311,6 +312,7 @@ pub struct Shared {
     pub counters: Counters,
     pub roles: Roles,
     pub webhooks: Webhooks,
+    pub sqs: SqsOut,
     /// Flips to `true` once on shutdown; stalled requests wait for it so the server can stop.
     pub shutdown: watch::Sender<bool>,
     /// Changes whenever a call is registered or changes state, so that held requests (LL-HLS blocking reloads)
@@ -331,6 +333,7 @@ impl Shared {
             counters: Counters::default(),
             roles: Roles::default(),
             webhooks: Webhooks::default(),
+            sqs: SqsOut::default(),
             shutdown: watch::Sender::new(false),
             changes: watch::Sender::new(0),
             calls: Mutex::new(HashMap::new()),

@@ -1,7 +1,7 @@
 //! Events and their signed webhook deliveries.
 //!
 //! `emit` builds an event while its call is locked (so a call's events queue in the order its state changed, with
-//! strictly increasing `created_at`) and queues it if a webhook URL is configured. One background task (`run`)
+//! strictly increasing `created_at`) and queues it if a webhook URL is configured (and for SQS, `super::sqs`). One background task (`run`)
 //! delivers the queue in order, as Stream does: `POST`, JSON body, `X-Signature` = hex HMAC-SHA256 of the exact
 //! JSON keyed by the API secret, `X-Api-Key`, `X-Webhook-Id`, `X-Webhook-Attempt`. With compression on (Stream's
 //! dashboard setting) the body is gzipped with `Content-Encoding: gzip`, and the signature is still over the
@@ -273,6 +273,9 @@ pub fn emit(shared: &Shared, call: &Call, call_type: &str, id: &str, kind: Event
     };
     let event_type = kind.name(new_names);
     let created_ns = webhooks.next_created_ns(shared.clock.unix_ns());
+    shared
+        .sqs
+        .send(|| call_event(shared, call, call_type, id, event_type, created_ns));
     let Some(url) = url else {
         return;
     };

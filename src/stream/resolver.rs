@@ -70,6 +70,9 @@ pub struct Resolver {
     /// The last live playlist URL per call: its host stays fetchable for the end of a broadcast.
     last_live: moka::sync::Cache<CallId, Url>,
     event_times: moka::sync::Cache<CallId, OffsetDateTime>,
+    /// When an event was last applied to each call, by this process's clock: a look-up that started before it
+    /// answers with the event's state, not with what the API said before the event.
+    event_applied: moka::sync::Cache<CallId, Instant>,
     ttl: Duration,
     /// Bound on one API request: how long the lease of a fleet-wide look-up lasts.
     lease: Duration,
@@ -100,6 +103,10 @@ impl Resolver {
             event_times: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(EVENT_TIME_TTL)
+                .build(),
+            event_applied: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(LAST_KNOWN_TTL)
                 .build(),
             ttl,
             rate_limited_until: Arc::default(),
@@ -143,13 +150,26 @@ impl Resolver {
     }
 
     async fn look_up(&self, call: &CallId) -> Result<Resolution, ApiError> {
+        let started = Instant::now();
         if let Some(fleet) = &self.fleet
             && let Some(shared) = self.ask_fleet(fleet, call).await?
         {
+            if let Some(current) = self.applied_since(call, started) {
+                return Ok(current);
+            }
             self.remember(call, &shared);
             return Ok(shared);
         }
-        self.ask_api(call).await
+        self.ask_api(call, started).await
+    }
+
+    /// The state an event gave the call, if one was applied since `started`: it is newer than any answer to a
+    /// look-up that started before it.
+    fn applied_since(&self, call: &CallId, started: Instant) -> Option<Resolution> {
+        self.event_applied
+            .get(call)
+            .filter(|applied| *applied >= started)
+            .and_then(|_| self.last_known.get(call))
     }
 
     /// The fleet's answer: the state another instance shared, or the lease holder's once it has asked. `Ok(None)`
@@ -200,7 +220,7 @@ impl Resolver {
         }
     }
 
-    async fn ask_api(&self, call: &CallId) -> Result<Resolution, ApiError> {
+    async fn ask_api(&self, call: &CallId, started: Instant) -> Result<Resolution, ApiError> {
         if let Some(retry_after) = self.rate_limit_left() {
             return Err(ApiError::RateLimited {
                 retry_after: Some(retry_after),
@@ -213,6 +233,11 @@ impl Resolver {
         };
         let label = result.as_ref().map_or("error", Resolution::label);
         self.metrics.api_lookups.with_label_values(&[label]).inc();
+        if result.is_ok()
+            && let Some(current) = self.applied_since(call, started)
+        {
+            return Ok(current);
+        }
         match &result {
             Ok(resolution) => {
                 self.remember(call, resolution);
@@ -293,6 +318,7 @@ impl Resolver {
         match resolution {
             Some(resolution) => {
                 self.remember(call, &resolution);
+                self.event_applied.insert(call.clone(), Instant::now());
                 self.fresh.insert(call.clone(), resolution).await;
             }
             None => self.fresh.invalidate(call).await,

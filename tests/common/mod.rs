@@ -146,6 +146,16 @@ pub fn upstream_files(playlist_path: &str, playlist: &str) -> Vec<String> {
 }
 
 pub async fn start_relay(sim: &SimHandle, tweak: impl FnOnce(&mut Config)) -> RunningRelay {
+    start_relay_with_aws(sim, tweak, hls_relay::events::sqs::aws_defaults()).await
+}
+
+/// As `start_relay`, with the SQS consumer's AWS credentials and region from `aws` (the process environment is
+/// not for tests to change).
+pub async fn start_relay_with_aws(
+    sim: &SimHandle,
+    tweak: impl FnOnce(&mut Config),
+    aws: aws_config::ConfigLoader,
+) -> RunningRelay {
     let mut config = Config::default();
     config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.server.url_key = Some(URL_KEY.into());
@@ -155,7 +165,9 @@ pub async fn start_relay(sim: &SimHandle, tweak: impl FnOnce(&mut Config)) -> Ru
     config.upstream.first_byte_timeout = Duration::from_secs(2);
     tweak(&mut config);
     config.validate().expect("test config is valid");
-    RunningRelay::start(config).await.expect("relay starts")
+    RunningRelay::start_with_aws(config, aws)
+        .await
+        .expect("relay starts")
 }
 
 pub fn client() -> reqwest::Client {
@@ -337,6 +349,7 @@ impl SseReader {
         }
     }
 
+    /// The next event's name and data, within `PATIENCE`.
     pub async fn next(&mut self) -> (String, serde_json::Value) {
         use futures_util::StreamExt;
         loop {
