@@ -256,3 +256,50 @@ async fn without_redis_every_instance_serves_alone_and_rejoins_when_it_is_back()
     let ended = fleet.get(2, &path).await.text().await.unwrap();
     assert!(ended.contains("#EXT-X-ENDLIST"));
 }
+
+#[tokio::test]
+async fn a_rate_limit_is_honoured_by_the_whole_fleet() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    // A Stream API that answers every request 429, asking for 30 s of quiet.
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = asked.clone();
+    let api = axum::Router::new().fallback(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async {
+            (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "30"), ("content-type", "application/json")],
+                r#"{"code":9,"message":"Too many requests","StatusCode":429,"duration":"0.1ms"}"#,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, api).await });
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        let relay = start_relay(&sim, |config| {
+            config.stream.base_url = api_url.clone();
+            config.stream.call_ttl = Duration::from_millis(100);
+            config.cluster.redis_url = Some(redis.url());
+        })
+        .await;
+        relays.push(relay);
+    }
+    let http = client();
+    for round in 0..5 {
+        for relay in &relays {
+            let url = format!("{}/v1/calls/livestream/limited{round}", relay.base_url());
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 502, "the API's refusal, passed on");
+        }
+    }
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "after one 429, no instance asks again before Retry-After"
+    );
+}

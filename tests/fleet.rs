@@ -452,3 +452,53 @@ async fn a_rolling_restart_loses_no_request_that_had_started() {
     assert!(done > 100);
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fleet suite (slow): cargo test --test fleet -- --ignored"]
+async fn without_redis_the_fleet_serves_on_and_fans_out_again_once_it_is_back() {
+    let Some(mut fleet) = Fleet::start(Duration::from_secs(60)).await else {
+        return;
+    };
+    let (media_path, _) = fleet.media_playlist("ts").await;
+    fleet.redis.kill();
+    for instance in 0..3 {
+        let url = fleet.relay_url(instance, "/readyz");
+        let http = &fleet.http;
+        eventually(
+            &format!("relay {instance} notices Redis is gone"),
+            || async {
+                let ready: serde_json::Value =
+                    http.get(&url).send().await.unwrap().json().await.unwrap();
+                ready["redis"] == "unreachable"
+            },
+        )
+        .await;
+    }
+    // Viewers through the edge see no error.
+    for path in ["/hls/livestream/ts/index.m3u8", media_path.as_str()] {
+        fleet.text(&fleet.edge_url(path)).await;
+    }
+
+    fleet.redis.restart().await;
+    for instance in 0..3 {
+        let url = fleet.relay_url(instance, "/readyz");
+        let http = &fleet.http;
+        eventually(&format!("relay {instance} rejoins"), || async {
+            let ready: serde_json::Value =
+                http.get(&url).send().await.unwrap().json().await.unwrap();
+            ready["redis"] == "connected"
+        })
+        .await;
+    }
+    let url = fleet.relay_url(2, "/v1/calls/livestream/ts/events");
+    let mut page = SseReader::from_url(&url).await;
+    assert_eq!(page.next().await.0, "state");
+    fleet
+        .webhook(0, "call.broadcasting_stopped", "ts", "2026-12-03T10:00:00Z")
+        .await;
+    assert_eq!(
+        page.next().await.0,
+        "broadcasting_stopped",
+        "fan-out resumed, no relay restarted"
+    );
+}
