@@ -29,7 +29,9 @@
 //!   [`relay::upstream`] (the HTTP client to Stream's CDN).
 //! - [`http`]: the shell: [`http::listener`] (accept loop, HTTP/1.1, h2, TLS), [`http::server`] (routes),
 //!   [`http::access`] (viewer tokens), [`http::embed`] (the player page).
-//! - [`cluster`]: several instances as one service, on Redis (shared events, call state, leases).
+//! - [`cluster`]: several instances as one service, on Redis (shared events, call state, leases, viewer counts).
+//! - [`viewers`]: who is watching: viewer session ids carried in playlist URIs, and live counts per call, with
+//!   its pure core in [`viewers::session`], [`viewers::count`] and [`viewers::rendition`].
 //! - [`config`], [`error`] (the one place failures become HTTP), [`telemetry`], [`cli`] (operator commands),
 //!   [`sim`] (a simulated Stream backend for tests, benchmarks and [`demo`]).
 #![forbid(unsafe_code)]
@@ -46,3 +48,4 @@ pub mod relay;
 pub mod sim;
 pub mod stream;
 pub mod telemetry;
+pub mod viewers;
