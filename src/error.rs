@@ -132,7 +132,9 @@ impl IntoResponse for RelayError {
             header::CACHE_CONTROL,
             HeaderValue::from_static(cache_control),
         );
-        if let Self::NotBroadcasting { retry_after, .. } | Self::ViewerLimit { retry_after, .. } = &self {
+        if let Self::NotBroadcasting { retry_after, .. } | Self::ViewerLimit { retry_after, .. } =
+            &self
+        {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after.as_secs_f64().ceil().max(1.0) as u64),

@@ -324,7 +324,12 @@ impl Fleet {
                 futures_util::future::try_join_all(replies).await
             })
             .await?;
-        Some(replies.iter().map(|reply| FleetViewers::read(reply)).collect())
+        Some(
+            replies
+                .iter()
+                .map(|reply| FleetViewers::read(reply))
+                .collect(),
+        )
     }
 
     /// Appends to the shared event log (best effort: while Redis is down, instances rely on their own polling).

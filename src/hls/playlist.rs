@@ -157,7 +157,10 @@ pub fn with_queries(
         }
         copied = end;
     }
-    debug_assert!(some_ends.next().is_none(), "some_ends is not a subset of uri_ends");
+    debug_assert!(
+        some_ends.next().is_none(),
+        "some_ends is not a subset of uri_ends"
+    );
     out.extend_from_slice(&body[copied..]);
     out
 }
@@ -875,7 +878,8 @@ mod tests {
             "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,URI=\"r/a.m3u8?token=t&vs=s\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\n\
              r/v.m3u8?x=1&token=t&vs=s\n#EXT-X-SESSION-KEY:METHOD=AES-128,URI=\"r/k.key?token=t\"\n"
         );
-        let session_only = super::with_queries(&rewritten.body, ends, None, &playlists, Some("vs=s"));
+        let session_only =
+            super::with_queries(&rewritten.body, ends, None, &playlists, Some("vs=s"));
         assert_eq!(
             String::from_utf8(session_only).unwrap(),
             "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,URI=\"r/a.m3u8?vs=s\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\n\

@@ -506,7 +506,11 @@ async fn call_events(
         Some(viewers) => {
             viewers.tell_pages(&call, relay.hub());
             let counts = viewers.counts(&call).await;
-            Some(SseEvent::default().event("viewers").data(&*viewers::event_data(&counts)))
+            Some(
+                SseEvent::default()
+                    .event("viewers")
+                    .data(&*viewers::event_data(&counts)),
+            )
         }
         None => None,
     };

@@ -289,7 +289,11 @@ mod tests {
         call.tally(1_000);
         call.reload(id(1), None, 1_000, WINDOW);
         call.reload(id(7), None, 1_000, WINDOW);
-        assert_eq!(call.estimate_with(0), 4, "a known session is not counted again");
+        assert_eq!(
+            call.estimate_with(0),
+            4,
+            "a known session is not counted again"
+        );
         assert_eq!(call.tally(4_500).now, 2);
         assert_eq!(call.estimate_with(0), 2);
         assert_eq!(call.estimate_with(40), 40, "the fleet's count, when larger");
@@ -329,7 +333,10 @@ mod tests {
         call.reload(id(1), None, 0, WINDOW);
         call.tally(WINDOW + RETAIN - 1);
         assert!(call.knows(&id(1)));
-        assert!(!call.reload(id(1), None, WINDOW + 1, WINDOW), "same session");
+        assert!(
+            !call.reload(id(1), None, WINDOW + 1, WINDOW),
+            "same session"
+        );
         call.tally(2 * WINDOW + RETAIN + 1);
         assert!(!call.knows(&id(1)));
         assert!(call.is_idle(2 * WINDOW + RETAIN + 1, 1));

@@ -193,7 +193,8 @@ impl Viewers {
         if let Some(tracked) = self.inner.tracked(call) {
             let mut tracked = lock(&tracked);
             if tracked.counting.knows(&claimed) {
-                self.inner.count(&mut tracked, claimed, rendition, target, now);
+                self.inner
+                    .count(&mut tracked, claimed, rendition, target, now);
                 return true;
             }
         }
@@ -202,7 +203,8 @@ impl Viewers {
         };
         let tracked = self.inner.tracked_or_new(call);
         let mut tracked = lock(&tracked);
-        self.inner.count(&mut tracked, session, rendition, target, now);
+        self.inner
+            .count(&mut tracked, session, rendition, target, now);
         true
     }
 
@@ -403,10 +405,11 @@ impl Inner {
         if !idle.is_empty() {
             let mut calls = self.calls.write().unwrap_or_else(|e| e.into_inner());
             for call in idle {
-                if calls
-                    .get(&call)
-                    .is_some_and(|tracked| lock(tracked).counting.is_idle(now, IDLE.as_millis() as Millis))
-                {
+                if calls.get(&call).is_some_and(|tracked| {
+                    lock(tracked)
+                        .counting
+                        .is_idle(now, IDLE.as_millis() as Millis)
+                }) {
                     calls.remove(&call);
                 }
             }

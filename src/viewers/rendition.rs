@@ -62,14 +62,29 @@ mod tests {
 
     #[test]
     fn directories_name_generic_files_and_files_name_themselves() {
-        assert_eq!(of("https://cdn.example/s/abc/v720/index.m3u8?sig=1"), "v720");
+        assert_eq!(
+            of("https://cdn.example/s/abc/v720/index.m3u8?sig=1"),
+            "v720"
+        );
         assert_eq!(of("https://cdn.example/s/abc/audio/playlist.m3u8"), "audio");
-        assert_eq!(of("https://cdn.example/s/abc/1080p/prog_index.m3u8"), "1080p");
+        assert_eq!(
+            of("https://cdn.example/s/abc/1080p/prog_index.m3u8"),
+            "1080p"
+        );
         assert_eq!(of("https://cdn.example/s/abc/720p.m3u8"), "720p");
-        assert_eq!(of("https://cdn.example/s/chunklist_b800000.m3u8"), "chunklist_b800000");
+        assert_eq!(
+            of("https://cdn.example/s/chunklist_b800000.m3u8"),
+            "chunklist_b800000"
+        );
         assert_eq!(of("https://cdn.example/index.m3u8"), "index");
         assert_eq!(of("https://cdn.example/"), "main");
-        assert_eq!(of("https://cdn.example/a/%E2%9C%93%20x.m3u8"), "_E2_9C_93_20x");
-        assert_eq!(of(&format!("https://cdn.example/{}.m3u8", "x".repeat(80))).len(), MAX_LABEL_LEN);
+        assert_eq!(
+            of("https://cdn.example/a/%E2%9C%93%20x.m3u8"),
+            "_E2_9C_93_20x"
+        );
+        assert_eq!(
+            of(&format!("https://cdn.example/{}.m3u8", "x".repeat(80))).len(),
+            MAX_LABEL_LEN
+        );
     }
 }

@@ -80,7 +80,11 @@ impl SessionKey {
         let raw = decode(text)?;
         let id = random_part(&raw);
         let expected = self.tag(call, &id.0);
-        bool::from(subtle::ConstantTimeEq::ct_eq(&raw[RANDOM_BYTES..], &expected[..])).then_some(id)
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            &raw[RANDOM_BYTES..],
+            &expected[..],
+        ))
+        .then_some(id)
     }
 
     /// The session `text` claims to be, unverified: to find a session already verified on this instance without
@@ -125,7 +129,11 @@ mod tests {
         );
         assert_eq!(key.verify(&call("a"), &text), Some(id));
         let same_key = SessionKey::derive(b"test-url-key-0123456789");
-        assert_eq!(same_key.verify(&call("a"), &text), Some(id), "another instance");
+        assert_eq!(
+            same_key.verify(&call("a"), &text),
+            Some(id),
+            "another instance"
+        );
         assert_eq!(key.verify(&call("b"), &text), None, "another call");
         let other_key = SessionKey::derive(b"another-url-key-0123456789");
         assert_eq!(other_key.verify(&call("a"), &text), None);
