@@ -96,14 +96,14 @@ async fn segments_are_cached_long_and_playlists_briefly() {
         "private, max-age=1"
     );
     let fetched_at = world.sim.total_origin_requests();
-    let hit = world.get(&media_path).await;
+    let hit = world.get(media_path).await;
     let refetched = world.sim.total_origin_requests() - fetched_at;
     assert!(hit.headers()["x-cache"] == "HIT" || refetched == 1);
 
     // And it is refreshed once stale: the window moves.
-    let before = world.playlist(&media_path).await;
+    let before = world.playlist(media_path).await;
     eventually("the relayed media playlist advances", || async {
-        world.playlist(&media_path).await != before
+        world.playlist(media_path).await != before
     })
     .await;
 }

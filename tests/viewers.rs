@@ -530,3 +530,38 @@ async fn ffmpeg_is_one_viewer() {
         "{after}"
     );
 }
+
+/// LL-HLS players reload with blocking requests (`_HLS_msn`, `_HLS_part`) next to their session: those count like
+/// any reload, and the rendition reports in the answer carry the session as the master's URIs do.
+#[tokio::test]
+async fn ll_hls_blocking_reloads_count_like_any_reload() {
+    let world = World::start().await;
+    let low_latency = CallSetup {
+        flavour: Flavour::Fmp4,
+        low_latency: true,
+        ..CallSetup::default()
+    };
+    world.sim.add_call("livestream", "ll", low_latency);
+    let (media_path, media) = world.first_media_playlist("ll").await;
+    let session = session_of(&media_path).unwrap().to_owned();
+    let info = hls_relay::hls::playlist::inspect(media.as_bytes()).unwrap();
+    let (msn, part) = (
+        info.media_sequence + info.segment_count as u64,
+        info.trailing_parts,
+    );
+    let blocked = world
+        .playlist(&format!("{media_path}&_HLS_msn={msn}&_HLS_part={part}"))
+        .await;
+    let reports: Vec<String> = blocked
+        .lines()
+        .filter(|line| line.starts_with("#EXT-X-RENDITION-REPORT"))
+        .map(str::to_owned)
+        .collect();
+    assert!(!reports.is_empty(), "{blocked}");
+    for report in &reports {
+        assert!(report.contains(&format!("vs={session}")), "{report}");
+    }
+    let counted = until_counted(&world.http, &world.relay, "ll", 1).await;
+    assert_eq!(counted["sessions"], 1, "{counted}");
+    assert_eq!(counted["renditions"]["v360"], 1, "{counted}");
+}
