@@ -19,8 +19,8 @@ use crate::viewers::session::SessionId;
 /// Milliseconds on the caller's clock.
 pub type Millis = u64;
 
-/// A session is remembered this long after it stopped watching, so that a viewer who pauses and comes back is
-/// the same session rather than a new one.
+/// A session that reloaded is remembered this long after it stopped watching, so that a viewer who pauses and
+/// comes back is the same session rather than a new one.
 pub const RETAIN: Millis = 10 * 60 * 1000;
 
 /// Renditions listed per call at most; the rest are summed as [`OTHER`] (bounds what one upstream can make the
@@ -57,6 +57,9 @@ struct Session {
     renditions: Vec<(Arc<str>, Millis)>,
     /// Reloaded since the last [`CallViewers::take_seen`].
     fresh: bool,
+    /// Seen more than once (not just given its id): only such sessions are remembered past their window, so that
+    /// loading the entry in a loop cannot make the relay hold sessions for [`RETAIN`].
+    returned: bool,
 }
 
 /// One call's sessions on this instance.
@@ -103,8 +106,10 @@ impl CallViewers {
                 until,
                 renditions: Vec::new(),
                 fresh: false,
+                returned: false,
             }
         });
+        entry.returned |= !new;
         entry.until = entry.until.max(until);
         if let Some(rendition) = rendition {
             match entry
@@ -140,8 +145,10 @@ impl CallViewers {
 
     /// Counts the sessions watching at `now`, forgets those gone for longer than [`RETAIN`], keeps the peak.
     pub fn tally(&mut self, now: Millis) -> Counts {
-        self.sessions
-            .retain(|_, session| session.until.saturating_add(RETAIN) > now);
+        self.sessions.retain(|_, session| {
+            let remembered = if session.returned { RETAIN } else { 0 };
+            session.until.saturating_add(remembered) > now
+        });
         let mut watching = 0;
         let mut renditions: HashMap<Arc<str>, u64> = HashMap::new();
         for session in self.sessions.values_mut() {
@@ -331,6 +338,7 @@ mod tests {
     fn sessions_are_remembered_for_a_while_then_forgotten() {
         let mut call = CallViewers::default();
         call.reload(id(1), None, 0, WINDOW);
+        call.reload(id(1), Some(&label("v1")), 0, WINDOW);
         call.tally(WINDOW + RETAIN - 1);
         assert!(call.knows(&id(1)));
         assert!(
@@ -341,6 +349,15 @@ mod tests {
         assert!(!call.knows(&id(1)));
         assert!(call.is_idle(2 * WINDOW + RETAIN + 1, 1));
         assert!(!call.is_idle(2 * WINDOW + RETAIN + 1, RETAIN * 10));
+    }
+
+    #[test]
+    fn a_session_only_given_its_id_is_forgotten_with_its_window() {
+        let mut call = CallViewers::default();
+        call.reload(id(1), None, 0, WINDOW);
+        call.tally(WINDOW);
+        assert!(!call.knows(&id(1)));
+        assert_eq!(call.tally(WINDOW).sessions, 1, "it still counts as started");
     }
 
     #[test]
