@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -896,13 +896,23 @@ fn render_for_viewer(
     response
 }
 
-/// The shared object's `Cache-Control`, for one viewer's copy: same freshness, no shared cache.
+/// The shared object's `Cache-Control`, for one viewer's copy: same freshness, no shared cache. Playlists'
+/// max-ages are a few seconds, so those values are made once (building one was a sixth of the cost of counting
+/// a reload).
 fn private(cache_control: &HeaderValue) -> HeaderValue {
-    let value = cache_control
-        .to_str()
-        .unwrap_or("max-age=0")
-        .replacen("public", "private", 1);
-    HeaderValue::try_from(value).expect("ASCII")
+    static PRIVATE: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+        (0..64)
+            .map(|age| HeaderValue::try_from(format!("private, max-age={age}")).expect("ASCII"))
+            .collect()
+    });
+    let value = cache_control.to_str().unwrap_or("max-age=0");
+    let age = value
+        .strip_prefix("public, max-age=")
+        .and_then(|age| age.parse::<usize>().ok());
+    match age.and_then(|age| PRIVATE.get(age)) {
+        Some(private) => private.clone(),
+        None => HeaderValue::try_from(value.replacen("public", "private", 1)).expect("ASCII"),
+    }
 }
 
 /// A response for a relayed object, its header map sized for the relay's headers and CORS's at once (growing it
@@ -1128,6 +1138,18 @@ mod tests {
         assert!(!etag_matches(&request, &etag));
         request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
         assert!(etag_matches(&request, &etag));
+    }
+
+    #[test]
+    fn a_viewers_copy_is_private_with_the_same_freshness() {
+        for (public, private_) in [
+            ("public, max-age=1", "private, max-age=1"),
+            ("public, max-age=0", "private, max-age=0"),
+            ("public, max-age=300", "private, max-age=300"),
+            ("public, max-age=6, x", "private, max-age=6, x"),
+        ] {
+            assert_eq!(private(&HeaderValue::from_static(public)), private_);
+        }
     }
 
     #[test]

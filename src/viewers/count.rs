@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::viewers::session::SessionId;
+use crate::viewers::session::{BuildIdHasher, SessionId};
 
 /// Milliseconds on the caller's clock.
 pub type Millis = u64;
@@ -65,7 +65,7 @@ struct Session {
 /// One call's sessions on this instance.
 #[derive(Debug, Default)]
 pub struct CallViewers {
-    sessions: HashMap<SessionId, Session>,
+    sessions: HashMap<SessionId, Session, BuildIdHasher>,
     /// Sessions reloaded since the last report, each once.
     fresh: Vec<SessionId>,
     peak: u64,
@@ -228,7 +228,7 @@ mod tests {
     use super::*;
 
     fn id(n: u8) -> SessionId {
-        SessionId([n; 12])
+        SessionId([b'A' + n; 27])
     }
 
     fn label(text: &str) -> Arc<str> {

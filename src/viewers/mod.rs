@@ -433,7 +433,7 @@ fn report(call: &CallId, seen: Vec<count::Seen>) -> ViewerReport {
     let mut renditions: HashMap<Arc<str>, Vec<(String, u64)>> = HashMap::new();
     let mut sessions = Vec::with_capacity(seen.len());
     for seen in seen {
-        let name = seen.session.shared_name();
+        let name = seen.session.shared_name().to_owned();
         for (label, remaining) in seen.renditions {
             renditions
                 .entry(label)

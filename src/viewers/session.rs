@@ -19,16 +19,50 @@ const TAG_BYTES: usize = 8;
 /// Length of an id as written into URLs.
 pub const ID_LEN: usize = 27;
 
-/// A verified session: its random part, the same on every instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionId(pub [u8; RANDOM_BYTES]);
+/// A session, by its id as written (ids are canonical base64url, so equal ids are equal sessions): looking one up
+/// needs no decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionId(pub [u8; ID_LEN]);
 
 impl SessionId {
-    /// A short, stable name for the session in the fleet's shared state (the random part, base64url).
-    pub fn shared_name(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.0)
+    /// A short, stable name for the session in the fleet's shared state: its random part (16 characters of
+    /// base64url are exactly its 12 random bytes).
+    pub fn shared_name(&self) -> &str {
+        std::str::from_utf8(&self.0[..RANDOM_BYTES / 3 * 4]).expect("ids are ASCII")
     }
 }
+
+/// Ids are random, and only verified ones are ever stored: their first bytes are as good as a hash (hashing them
+/// again with SipHash was a fifth of the cost of counting a reload).
+impl std::hash::Hash for SessionId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut first = [0; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// The hasher of maps keyed by [`SessionId`]: it passes on the `u64` an id gives it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+pub type BuildIdHasher = std::hash::BuildHasherDefault<IdHasher>;
 
 /// Mints and verifies session ids.
 #[derive(Clone)]
@@ -72,41 +106,33 @@ impl SessionKey {
         let mut raw = [0; RANDOM_BYTES + TAG_BYTES];
         raw[..RANDOM_BYTES].copy_from_slice(&random);
         raw[RANDOM_BYTES..].copy_from_slice(&self.tag(call, &random));
-        (SessionId(random), URL_SAFE_NO_PAD.encode(raw))
+        let text = URL_SAFE_NO_PAD.encode(raw);
+        let id = Self::parse(&text).expect("an encoded id has the length of one");
+        (id, text)
     }
 
     /// The session `text` names, if it is an id this key minted for `call`.
     pub fn verify(&self, call: &CallId, text: &str) -> Option<SessionId> {
-        let raw = decode(text)?;
-        let id = random_part(&raw);
-        let expected = self.tag(call, &id.0);
-        bool::from(subtle::ConstantTimeEq::ct_eq(
-            &raw[RANDOM_BYTES..],
-            &expected[..],
-        ))
-        .then_some(id)
+        let id = Self::parse(text)?;
+        let mut raw = [0; RANDOM_BYTES + TAG_BYTES];
+        // Canonical decoding (stray trailing bits are refused): one id per session.
+        let written = URL_SAFE_NO_PAD.decode_slice(text, &mut raw).ok()?;
+        if written != raw.len() {
+            return None;
+        }
+        let mut random = [0; RANDOM_BYTES];
+        random.copy_from_slice(&raw[..RANDOM_BYTES]);
+        let expected = self.tag(call, &random);
+        let valid = subtle::ConstantTimeEq::ct_eq(&raw[RANDOM_BYTES..], &expected[..]);
+        bool::from(valid).then_some(id)
     }
 
     /// The session `text` claims to be, unverified: to find a session already verified on this instance without
-    /// computing its tag again.
+    /// decoding it or computing its tag again.
     pub fn parse(text: &str) -> Option<SessionId> {
-        decode(text).map(|raw| random_part(&raw))
+        let bytes: [u8; ID_LEN] = text.as_bytes().try_into().ok()?;
+        Some(SessionId(bytes))
     }
-}
-
-fn decode(text: &str) -> Option<[u8; RANDOM_BYTES + TAG_BYTES]> {
-    if text.len() != ID_LEN {
-        return None;
-    }
-    let mut raw = [0; RANDOM_BYTES + TAG_BYTES];
-    let written = URL_SAFE_NO_PAD.decode_slice(text, &mut raw).ok()?;
-    (written == raw.len()).then_some(raw)
-}
-
-fn random_part(raw: &[u8; RANDOM_BYTES + TAG_BYTES]) -> SessionId {
-    let mut random = [0; RANDOM_BYTES];
-    random.copy_from_slice(&raw[..RANDOM_BYTES]);
-    SessionId(random)
 }
 
 #[cfg(test)]
@@ -141,6 +167,11 @@ mod tests {
         assert_eq!(key.verify(&call("a"), &text[1..]), None);
         assert_eq!(key.verify(&call("a"), &format!("{text}A")), None);
         assert_eq!(SessionKey::parse(&text), Some(id));
+        assert_eq!(id.shared_name(), &text[..16]);
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(id.shared_name()).unwrap(),
+            [7; RANDOM_BYTES]
+        );
     }
 
     proptest! {
