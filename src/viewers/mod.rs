@@ -34,6 +34,8 @@ use crate::telemetry::Metrics;
 use crate::viewers::count::{CallViewers, Counts, Millis, RETAIN};
 use crate::viewers::session::{SessionId, SessionKey};
 
+type CallHasher = std::hash::BuildHasherDefault<xxhash_rust::xxh3::Xxh3Default>;
+
 /// How often counts are tallied and exchanged with the fleet.
 pub const TICK: Duration = Duration::from_secs(1);
 /// How often at most a watched call's pages hear of a change in its counts.
@@ -128,7 +130,8 @@ struct Inner {
     window_target_durations: f64,
     cap: Option<u64>,
     key: SessionKey,
-    calls: RwLock<HashMap<CallId, Arc<Mutex<Tracked>>>>,
+    /// Keyed by a fast fixed hash: only calls that served a playlist are ever in it, so it cannot be flooded.
+    calls: RwLock<HashMap<CallId, Arc<Mutex<Tracked>>, CallHasher>>,
     epoch: Instant,
     fleet: Option<Fleet>,
     /// Calls whose pages get `viewers` events: one timer each.
