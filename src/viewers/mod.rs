@@ -242,14 +242,25 @@ impl Viewers {
     pub async fn counts(&self, call: &CallId) -> ViewerCounts {
         let now = self.inner.now();
         let tracked = self.inner.tracked_or_new(call);
+        let fleet = self.inner.fleet.as_ref().filter(|fleet| fleet.is_up());
         {
             let mut tracked = lock(&tracked);
             tracked.counting.asked(now);
             if tracked.viewed {
                 return tracked.view.clone();
             }
+            if fleet.is_none() {
+                // Not tallied yet (sessions started less than a tick ago): tallied now.
+                let counts = tracked.counting.tally(now);
+                tracked.view = ViewerCounts {
+                    counts,
+                    scope: Scope::Instance,
+                };
+                tracked.viewed = true;
+                return tracked.view.clone();
+            }
         }
-        let Some(fleet) = self.inner.fleet.as_ref().filter(|fleet| fleet.is_up()) else {
+        let Some(fleet) = fleet else {
             return ViewerCounts::default();
         };
         let report = ViewerReport {
