@@ -14,6 +14,8 @@
 //!                          resolver ─► stream_api (GET call; cached, coalesced)
 //!                          upstream (allowed hosts, redirects, timeouts, size bounds)
 //!                          playlist: inspect (m3u8-rs) + rewrite URIs via urlmap; policy sets freshness
+//!        ─► viewers: a playlist naming a session (?vs=) counts for it, in memory; the entry starts sessions;
+//!                    every second the counts are tallied and shared with the fleet (never on the request path)
 //! ```
 //!
 //! The tree shows the layers, and imports flow one way, from the shell to the pure core:
