@@ -251,7 +251,14 @@ access_log=$run_dir/nginx/access.log
 fetch() {
   local before i
   before=$(wc -l <"$access_log")
-  curl -sS --max-time 10 -o "$run_dir/body" -D "$run_dir/head" -w '%{http_code}' "$edge$1${2:+?$2}" || true
+  local url=$edge$1
+  # A playlist URL may carry a query already (the viewer session, vs=, when the relays count viewers).
+  if [[ -n ${2:-} && $1 == *\?* ]]; then
+    url+="&$2"
+  elif [[ -n ${2:-} ]]; then
+    url+="?$2"
+  fi
+  curl -sS --max-time 10 -o "$run_dir/body" -D "$run_dir/head" -w '%{http_code}' "$url" || true
   for ((i = 0; i < 50; i++)); do
     (($(wc -l <"$access_log") > before)) && return
     sleep 0.02

@@ -16,6 +16,7 @@ use crate::cluster::ClusterConfig;
 use crate::http::access::{AccessConfig, AccessMode};
 use crate::http::embed::EmbedConfig;
 use crate::http::listener::{ListenerConfig, TlsPaths};
+use crate::viewers::ViewersConfig;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -32,6 +33,7 @@ pub struct Config {
     pub embed: EmbedConfig,
     pub cluster: ClusterConfig,
     pub events: EventsConfig,
+    pub viewers: ViewersConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -407,6 +409,19 @@ impl Config {
         self.embed.validate()?;
         self.cluster.validate()?;
         self.events.validate()?;
+        self.viewers.validate()?;
+        if self.access.max_viewers_per_call.is_some() && !self.viewers.enabled {
+            return Err(invalid(
+                "access.max_viewers_per_call",
+                "counts viewers: it needs viewers.enabled = true",
+            ));
+        }
+        if self.access.max_viewers_per_call == Some(0) {
+            return Err(invalid(
+                "access.max_viewers_per_call",
+                "must be at least 1 (unset it for no limit)",
+            ));
+        }
         if self.cache.max_bytes.as_u64() < 1024 * 1024 {
             return Err(invalid("cache.max_bytes", "must be at least 1MiB"));
         }

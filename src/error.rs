@@ -45,6 +45,8 @@ pub enum RelayError {
     UpstreamTimeout(String),
     #[error("{0}")]
     NotReady(String),
+    #[error("call {cid} has as many viewers as this relay accepts")]
+    ViewerLimit { cid: String, retry_after: Duration },
 }
 
 impl RelayError {
@@ -65,7 +67,7 @@ impl RelayError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UpstreamError(_) | Self::BadUpstreamPlaylist(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady(_) | Self::ViewerLimit { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -88,6 +90,7 @@ impl RelayError {
             Self::BadUpstreamPlaylist(_) => "bad_upstream_playlist",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::NotReady(_) => "not_ready",
+            Self::ViewerLimit { .. } => "viewer_limit",
         }
     }
 
@@ -129,10 +132,12 @@ impl IntoResponse for RelayError {
             header::CACHE_CONTROL,
             HeaderValue::from_static(cache_control),
         );
-        if let Self::NotBroadcasting { retry_after, .. } = &self {
+        if let Self::NotBroadcasting { retry_after, .. } | Self::ViewerLimit { retry_after, .. } =
+            &self
+        {
             headers.insert(
                 header::RETRY_AFTER,
-                HeaderValue::from(retry_after.as_secs().max(1)),
+                HeaderValue::from(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             );
         }
         response
@@ -152,5 +157,17 @@ mod tests {
         .into_response();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn a_full_call_says_when_to_retry() {
+        let response = RelayError::ViewerLimit {
+            cid: "livestream:x".into(),
+            retry_after: Duration::from_millis(12_500),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "13");
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
     }
 }

@@ -14,6 +14,8 @@
 //!                          resolver ─► stream_api (GET call; cached, coalesced)
 //!                          upstream (allowed hosts, redirects, timeouts, size bounds)
 //!                          playlist: inspect (m3u8-rs) + rewrite URIs via urlmap; policy sets freshness
+//!        ─► viewers: a playlist naming a session (?vs=) counts for it, in memory; the entry starts sessions;
+//!                    every second the counts are tallied and shared with the fleet (never on the request path)
 //! ```
 //!
 //! The tree shows the layers, and imports flow one way, from the shell to the pure core:
@@ -29,7 +31,9 @@
 //!   [`relay::upstream`] (the HTTP client to Stream's CDN).
 //! - [`http`]: the shell: [`http::listener`] (accept loop, HTTP/1.1, h2, TLS), [`http::server`] (routes),
 //!   [`http::access`] (viewer tokens), [`http::embed`] (the player page).
-//! - [`cluster`]: several instances as one service, on Redis (shared events, call state, leases).
+//! - [`cluster`]: several instances as one service, on Redis (shared events, call state, leases, viewer counts).
+//! - [`viewers`]: who is watching: viewer session ids carried in playlist URIs, and live counts per call, with
+//!   its pure core in [`viewers::session`], [`viewers::count`] and [`viewers::rendition`].
 //! - [`config`], [`error`] (the one place failures become HTTP), [`telemetry`], [`cli`] (operator commands),
 //!   [`sim`] (a simulated Stream backend for tests, benchmarks and [`demo`]).
 #![forbid(unsafe_code)]
@@ -46,3 +50,4 @@ pub mod relay;
 pub mod sim;
 pub mod stream;
 pub mod telemetry;
+pub mod viewers;

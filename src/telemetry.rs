@@ -1,7 +1,8 @@
 //! Logs and metrics: tracing set-up and the Prometheus collectors the relay updates.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -57,6 +58,9 @@ pub struct Metrics {
     pub cluster_errors: IntCounterVec,
     pub cluster_lookups: IntCounterVec,
     pub sqs_queue_up: IntGauge,
+    pub viewers: IntGauge,
+    pub call_viewers: IntGaugeVec,
+    pub viewer_sessions: IntCounter,
 }
 
 impl Metrics {
@@ -157,6 +161,24 @@ impl Metrics {
             "1 while the SQS consumer's last receive succeeded; 0 otherwise, or with no consumer",
         )
         .expect("valid metric");
+        let viewers = IntGauge::new(
+            "viewers",
+            "HLS viewers watching now, all calls (across the fleet while Redis answers)",
+        )
+        .expect("valid metric");
+        let call_viewers = IntGaugeVec::new(
+            Opts::new(
+                "call_viewers",
+                "HLS viewers watching now, for the 20 calls with the most; cid=\"other\" sums the rest",
+            ),
+            &["cid"],
+        )
+        .expect("valid metric");
+        let viewer_sessions = IntCounter::new(
+            "viewer_sessions_total",
+            "Viewer sessions started at this instance's entry playlists",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache_lookups.clone()),
@@ -172,6 +194,9 @@ impl Metrics {
             Box::new(cluster_errors.clone()),
             Box::new(cluster_lookups.clone()),
             Box::new(sqs_queue_up.clone()),
+            Box::new(viewers.clone()),
+            Box::new(call_viewers.clone()),
+            Box::new(viewer_sessions.clone()),
         ] {
             registry
                 .register(collector)
@@ -193,6 +218,9 @@ impl Metrics {
             cluster_errors,
             cluster_lookups,
             sqs_queue_up,
+            viewers,
+            call_viewers,
+            viewer_sessions,
         }
     }
 

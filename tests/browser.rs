@@ -234,6 +234,29 @@ async fn chromium_plays_an_ll_hls_broadcast_in_the_embed() {
     );
 }
 
+/// hls.js in the embed is one viewer (one session, whatever it reloads), and the page says so when asked
+/// (`?viewers=1`), from its event stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embed_is_one_viewer_and_shows_the_count() {
+    let Some(_browser) = browser_ready().await else {
+        return;
+    };
+    let world = World::start().await;
+    let url = world.url("/embed/livestream/fmp4?viewers=1");
+    let findings = play(&url, &["--viewers", "1 watching"], &["playing"], |_| {}).await;
+    assert_played(&findings);
+    assert_eq!(findings["viewers"], "1 watching", "{findings:#}");
+    let state: serde_json::Value = world
+        .get("/v1/calls/livestream/fmp4")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let viewers = &state["viewers"];
+    assert_eq!(viewers["sessions"], 1, "{state}");
+    assert_eq!(viewers["peak"], 1, "{state}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embed_waits_for_the_broadcast_then_plays_it() {
     let Some(_browser) = browser_ready().await else {

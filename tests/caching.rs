@@ -83,21 +83,27 @@ async fn segments_are_cached_long_and_playlists_briefly() {
         "{origin_path} ({file}) fetched once"
     );
 
-    // Target duration 2 s: a live media playlist is fresh for 1 s, here and downstream.
-    let playlist = world.get(&media_path).await;
+    // Target duration 2 s: a live media playlist is fresh for 1 s, here and downstream (a viewer's own copy,
+    // named by its session, is private: tests/viewers.rs).
+    let (viewers_copy, media_path) = (media_path.clone(), media_path.split('?').next().unwrap());
+    let playlist = world.get(media_path).await;
     assert_eq!(
         playlist.headers()[header::CACHE_CONTROL],
         "public, max-age=1"
     );
+    assert_eq!(
+        world.get(&viewers_copy).await.headers()[header::CACHE_CONTROL],
+        "private, max-age=1"
+    );
     let fetched_at = world.sim.total_origin_requests();
-    let hit = world.get(&media_path).await;
+    let hit = world.get(media_path).await;
     let refetched = world.sim.total_origin_requests() - fetched_at;
     assert!(hit.headers()["x-cache"] == "HIT" || refetched == 1);
 
     // And it is refreshed once stale: the window moves.
-    let before = world.playlist(&media_path).await;
+    let before = world.playlist(media_path).await;
     eventually("the relayed media playlist advances", || async {
-        world.playlist(&media_path).await != before
+        world.playlist(media_path).await != before
     })
     .await;
 }
@@ -254,7 +260,8 @@ async fn configured_origins_are_the_only_ones_allowed() {
 async fn playlists_are_compressed_when_accepted_and_media_never() {
     use std::io::Read;
 
-    let world = World::start().await;
+    // The shared entry playlist (with viewer counting, each viewer's is its own, compressed per request).
+    let world = World::start_with(|c| c.viewers.enabled = false).await;
     let raw = reqwest::Client::builder().no_gzip().build().unwrap();
     let entry = world.url("/hls/livestream/ts/index.m3u8");
     let ask = |accept: &'static str, if_none_match: Option<String>| {

@@ -49,10 +49,10 @@ async fn a_blocking_reload_is_held_until_the_segment_exists_and_shared_by_all_wa
     assert!(has(&world.playlist(&media_path).await, "seg_2.ts"));
 
     // Already there: answered at once.
-    let now = world.playlist(&format!("{media_path}?_HLS_msn=2")).await;
+    let now = world.playlist(&format!("{media_path}&_HLS_msn=2")).await;
     assert!(has(&now, "seg_2.ts"));
 
-    let blocked = format!("{media_path}?_HLS_msn=3");
+    let blocked = format!("{media_path}&_HLS_msn=3");
     let viewers = join_all((0..50).map(|_| world.get(&blocked)));
     let publish = async {
         let before = origin.requests("/live/media.m3u8");
@@ -66,9 +66,10 @@ async fn a_blocking_reload_is_held_until_the_segment_exists_and_shared_by_all_wa
     let (responses, ()) = tokio::join!(viewers, publish);
     for response in responses {
         assert_eq!(response.status(), 200);
+        // Private: the URL names the viewer's session (shared without one).
         assert_eq!(
             response.headers()[header::CACHE_CONTROL],
-            "public, max-age=6"
+            "private, max-age=6"
         );
         assert!(has(&response.text().await.unwrap(), "seg_3.ts"));
     }
@@ -85,14 +86,14 @@ async fn directives_the_spec_forbids_are_refused() {
     let world = World::start().await;
     let (_origin, media_path) = live_origin(&world).await;
     world
-        .expect_error(&format!("{media_path}?_HLS_part=1"), 400, "bad_request")
+        .expect_error(&format!("{media_path}&_HLS_part=1"), 400, "bad_request")
         .await;
     world
-        .expect_error(&format!("{media_path}?_HLS_msn=abc"), 400, "bad_request")
+        .expect_error(&format!("{media_path}&_HLS_msn=abc"), 400, "bad_request")
         .await;
     // Segments 0..=2 exist: 5 is more than two past the last.
     world
-        .expect_error(&format!("{media_path}?_HLS_msn=5"), 400, "bad_request")
+        .expect_error(&format!("{media_path}&_HLS_msn=5"), 400, "bad_request")
         .await;
 }
 
@@ -101,7 +102,7 @@ async fn a_segment_that_never_comes_is_a_503_after_three_target_durations() {
     let world = World::start().await;
     let (_origin, media_path) = live_origin(&world).await;
     world
-        .expect_error(&format!("{media_path}?_HLS_msn=4"), 503, "not_ready")
+        .expect_error(&format!("{media_path}&_HLS_msn=4"), 503, "not_ready")
         .await;
 }
 
@@ -122,7 +123,7 @@ async fn an_ended_playlist_answers_every_directive() {
     let entry = "/hls/livestream/ll/index.m3u8";
     let master = fresh.playlist(entry).await;
     let media_path = resolve(entry, uri_lines(&master)[0]);
-    let ended = fresh.playlist(&format!("{media_path}?_HLS_msn=4")).await;
+    let ended = fresh.playlist(&format!("{media_path}&_HLS_msn=4")).await;
     assert!(ended.contains("#EXT-X-ENDLIST"));
 }
 
@@ -167,7 +168,7 @@ async fn five_hundred_viewers_blocked_on_the_next_part_cause_one_upstream_reques
         master.join(&first_variant).unwrap().path().to_owned()
     };
     let before = world.sim.blocking_requests(&upstream_path);
-    let blocked = format!("{media_path}?_HLS_msn={msn}&_HLS_part={part}");
+    let blocked = format!("{media_path}&_HLS_msn={msn}&_HLS_part={part}");
     let viewers = (0..500).map(|_| world.get(&blocked));
     for response in join_all(viewers).await {
         assert_eq!(response.status(), 200);

@@ -11,6 +11,8 @@
 //!   call's state there, so that one instance asks Stream's API per call per `stream.call_ttl`, and a 429's
 //!   `Retry-After` holds fleet-wide.
 //! - **Once-only marks** ([`Fleet::first_time`]): a webhook id applied by one instance is a duplicate on all.
+//! - **Viewer counts** ([`Fleet::report_viewers`]): each instance adds the viewer sessions it saw to per-call sorted
+//!   sets about once a second and reads the fleet's counts back, in one Lua script per call (`viewers.lua`).
 //!
 //! Redis is an accelerator, never a dependency of serving: every operation is bounded by `cluster.timeout`, and
 //! while Redis is unreachable the operations answer "nothing shared" at once, so each instance does what it does
@@ -92,6 +94,45 @@ impl ClusterConfig {
 pub struct LogEntry {
     pub origin: String,
     pub payload: String,
+}
+
+const VIEWERS_SCRIPT: &str = include_str!("viewers.lua");
+
+/// One call's viewer sessions as one instance saw them since its last report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ViewerReport {
+    pub cid: String,
+    /// Each session's shared name, and how long its window still runs (ms).
+    pub sessions: Vec<(String, u64)>,
+    /// Each rendition's label, and its sessions as in `sessions`.
+    pub renditions: Vec<(String, Vec<(String, u64)>)>,
+}
+
+/// One call's viewers across the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetViewers {
+    pub now: u64,
+    pub peak: u64,
+    pub sessions: u64,
+    pub renditions: Vec<(String, u64)>,
+}
+
+impl FleetViewers {
+    /// Reads the script's reply; what is missing or garbled reads as zero.
+    fn read(reply: &[String]) -> Self {
+        let number = |at: usize| reply.get(at).and_then(|n| n.parse().ok()).unwrap_or(0);
+        Self {
+            now: number(0),
+            peak: number(1),
+            sessions: number(2),
+            renditions: reply
+                .get(3..)
+                .unwrap_or_default()
+                .chunks_exact(2)
+                .map(|pair| (pair[0].clone(), pair[1].parse().unwrap_or(0)))
+                .collect(),
+        }
+    }
 }
 
 /// This instance's handle on the shared tier. Cheap to clone.
@@ -235,6 +276,60 @@ impl Fleet {
     /// check is all there is).
     pub async fn first_time(&self, name: &str, ttl: Duration) -> bool {
         self.try_lease(name, ttl).await.unwrap_or(true)
+    }
+
+    /// Records the viewer sessions this instance saw since its last report, and reads each call's viewers across
+    /// the fleet (see `viewers.lua`): one script per call, sent together. Sessions are remembered `retain` after
+    /// their windows; a call's keys are dropped `keep` after its last report. `None`: Redis did not answer (count
+    /// alone).
+    pub async fn report_viewers(
+        &self,
+        reports: &[ViewerReport],
+        retain: Duration,
+        keep: Duration,
+    ) -> Option<Vec<FleetViewers>> {
+        let commands: Vec<redis::Cmd> = reports
+            .iter()
+            .map(|report| {
+                let sessions = self.key(&format!("viewers:{{{}}}", report.cid));
+                let mut command = redis::cmd("EVAL");
+                command
+                    .arg(VIEWERS_SCRIPT)
+                    .arg(3)
+                    .arg(&sessions)
+                    .arg(format!("{sessions}:totals"))
+                    .arg(format!("{sessions}:renditions"))
+                    .arg(millis(retain))
+                    .arg(millis(keep))
+                    .arg(report.sessions.len());
+                for (session, remaining) in &report.sessions {
+                    command.arg(session).arg(remaining);
+                }
+                for (label, sessions) in &report.renditions {
+                    command.arg(label).arg(sessions.len());
+                    for (session, remaining) in sessions {
+                        command.arg(session).arg(remaining);
+                    }
+                }
+                command
+            })
+            .collect();
+        let replies = self
+            .run("viewers", |connection| async move {
+                // The connection pipelines concurrent commands: one round trip for every call.
+                let replies = commands.iter().map(|command| {
+                    let mut connection = connection.clone();
+                    async move { command.query_async::<Vec<String>>(&mut connection).await }
+                });
+                futures_util::future::try_join_all(replies).await
+            })
+            .await?;
+        Some(
+            replies
+                .iter()
+                .map(|reply| FleetViewers::read(reply))
+                .collect(),
+        )
     }
 
     /// Appends to the shared event log (best effort: while Redis is down, instances rely on their own polling).

@@ -14,6 +14,8 @@ pub enum CallEvent {
     BroadcastingStarted,
     BroadcastingStopped,
     BroadcastingFailed,
+    /// The call's viewer counts changed; the event's data, as JSON (see `viewers`).
+    Viewers(Arc<str>),
 }
 
 impl CallEvent {
@@ -23,6 +25,7 @@ impl CallEvent {
             Self::BroadcastingStarted => "broadcasting_started",
             Self::BroadcastingStopped => "broadcasting_stopped",
             Self::BroadcastingFailed => "broadcasting_failed",
+            Self::Viewers(_) => "viewers",
         }
     }
 }

@@ -119,23 +119,48 @@ pub fn rewrite_marked_with(
 /// `body` with `query` (`name=value`, URI-safe) added to the URI ending at each of `uri_ends`: a viewer's access
 /// token carried into every URI of a shared playlist, at the cost of one copy.
 pub fn with_query(body: &[u8], uri_ends: &[usize], query: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + uri_ends.len() * (query.len() + 1));
+    with_queries(body, uri_ends, Some(query), &[], None)
+}
+
+/// `body` with `every` added to the URI ending at each of `uri_ends`, and `some` to those ending at `some_ends`
+/// (a subset of `uri_ends`, both ascending), after `every`: a viewer's token goes into every URI while its session
+/// id goes only into playlist URIs, so that media URIs stay the same for every viewer (shared, cacheable). One copy.
+pub fn with_queries(
+    body: &[u8],
+    uri_ends: &[usize],
+    every: Option<&str>,
+    some_ends: &[usize],
+    some: Option<&str>,
+) -> Vec<u8> {
+    let every_len = every.map_or(0, |query| query.len() + 1);
+    let some_len = some.map_or(0, |query| query.len() + 1);
+    let mut out =
+        Vec::with_capacity(body.len() + uri_ends.len() * every_len + some_ends.len() * some_len);
     let mut copied = 0;
+    let mut some_ends = some_ends.iter().peekable();
     for &end in uri_ends {
+        let marked = some_ends.next_if_eq(&&end).is_some();
+        let queries = [every, some.filter(|_| marked)];
+        if queries.iter().all(Option::is_none) {
+            continue;
+        }
         let uri_start = body[..end]
             .iter()
             .rposition(|&b| matches!(b, b'"' | b'\n' | b' ' | b'\t'))
             .map_or(0, |i| i + 1);
-        let separator = if body[uri_start..end].contains(&b'?') {
-            b'&'
-        } else {
-            b'?'
-        };
+        let mut has_query = body[uri_start..end].contains(&b'?');
         out.extend_from_slice(&body[copied..end]);
-        out.push(separator);
-        out.extend_from_slice(query.as_bytes());
+        for query in queries.into_iter().flatten() {
+            out.push(if has_query { b'&' } else { b'?' });
+            out.extend_from_slice(query.as_bytes());
+            has_query = true;
+        }
         copied = end;
     }
+    debug_assert!(
+        some_ends.next().is_none(),
+        "some_ends is not a subset of uri_ends"
+    );
     out.extend_from_slice(&body[copied..]);
     out
 }
@@ -831,6 +856,38 @@ mod tests {
         assert_eq!(
             String::from_utf8(viewer).unwrap(),
             "#EXTM3U\n#EXT-X-MAP:URI=\"r/init.mp4?token=abc\"\n#EXTINF:2,\nr/seg.ts?x=1&token=abc\n#EXTINF:2,\ndata:,hi\n"
+        );
+    }
+
+    #[test]
+    fn a_second_query_goes_only_into_the_marked_uris() {
+        let body = b"#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,URI=\"a.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\nv.m3u8?x=1\n\
+                     #EXT-X-SESSION-KEY:METHOD=AES-128,URI=\"k.key\"\n";
+        let rewritten = super::rewrite_marked(body, |_, uri| Some(format!("r/{uri}"))).unwrap();
+        let ends = &rewritten.uri_ends;
+        let playlists = [ends[0], ends[1]];
+        let both = super::with_queries(
+            &rewritten.body,
+            ends,
+            Some("token=t"),
+            &playlists,
+            Some("vs=s"),
+        );
+        assert_eq!(
+            String::from_utf8(both).unwrap(),
+            "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,URI=\"r/a.m3u8?token=t&vs=s\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\n\
+             r/v.m3u8?x=1&token=t&vs=s\n#EXT-X-SESSION-KEY:METHOD=AES-128,URI=\"r/k.key?token=t\"\n"
+        );
+        let session_only =
+            super::with_queries(&rewritten.body, ends, None, &playlists, Some("vs=s"));
+        assert_eq!(
+            String::from_utf8(session_only).unwrap(),
+            "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,URI=\"r/a.m3u8?vs=s\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\n\
+             r/v.m3u8?x=1&vs=s\n#EXT-X-SESSION-KEY:METHOD=AES-128,URI=\"r/k.key\"\n"
+        );
+        assert_eq!(
+            super::with_queries(&rewritten.body, ends, None, &[], None),
+            rewritten.body
         );
     }
 
@@ -1562,6 +1619,27 @@ https://cdn.example.com/high/index.m3u8?token=a%3Db
     }
 
     proptest! {
+        #[test]
+        fn queries_go_exactly_where_they_are_marked(
+            pieces in playlist(),
+            marks in prop::collection::vec(any::<bool>(), 0..64),
+        ) {
+            let body = joined(&pieces, true);
+            let rewritten = super::rewrite_marked(body.as_bytes(), |_, _| Some("r/x".to_owned())).unwrap();
+            let ends = &rewritten.uri_ends;
+            let some: Vec<usize> = ends
+                .iter()
+                .zip(marks.iter().chain(std::iter::repeat(&true)))
+                .filter_map(|(&end, &marked)| marked.then_some(end))
+                .collect();
+            let out = with_queries(&rewritten.body, ends, Some("qe=1"), &some, Some("qs=2"));
+            let out = String::from_utf8(out).unwrap();
+            prop_assert_eq!(out.matches("r/x?qe=1").count(), ends.len());
+            prop_assert_eq!(out.matches("r/x?qe=1&qs=2").count(), some.len());
+            let plain = String::from_utf8(rewritten.body.clone()).unwrap();
+            prop_assert_eq!(out.replace("&qs=2", "").replace("?qe=1", ""), plain);
+        }
+
         #[test]
         fn rewriting_changes_nothing_but_uris(pieces in playlist()) {
             let body = joined(&pieces, true);

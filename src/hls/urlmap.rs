@@ -346,6 +346,12 @@ impl<'a> PlaylistMapper<'a> {
         self.replacement(site, uri).map(str::to_owned)
     }
 
+    /// The kind of each URI replaced so far, in playlist order: one per mark the rewriter made, so the marks of
+    /// playlist URIs can be told from those of media URIs.
+    pub fn kinds(&self) -> impl Iterator<Item = ObjectKind> + '_ {
+        self.mapped.entries.iter().map(|entry| entry.kind)
+    }
+
     /// The references this mapper wrote, for the rewrite of the playlist's next version.
     pub fn into_mapped(self) -> MappedUris {
         let mut mapped = self.mapped;

@@ -26,6 +26,9 @@ pub struct AccessConfig {
     pub mode: AccessMode,
     /// HS256 secret of viewer tokens; unset: the Stream API secret.
     pub token_secret: Option<String>,
+    /// New viewers of a call beyond this many are turned away (503 `viewer_limit`); unset: no limit. Needs
+    /// `viewers.enabled`.
+    pub max_viewers_per_call: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -108,7 +111,7 @@ mod tests {
     fn gate() -> Gate {
         let config = AccessConfig {
             mode: AccessMode::Token,
-            token_secret: None,
+            ..AccessConfig::default()
         };
         Gate::new(&config, Some("stream-secret"))
     }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -109,8 +109,11 @@ pub fn routes() -> Router<Relay> {
 async fn page(
     State(relay): State<Relay>,
     Path((kind, id)): Path<(String, String)>,
+    Query(options): Query<PageOptions>,
 ) -> Result<Response, RelayError> {
     let call = CallId::new(&kind, &id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
+    // Counts come from the relay's `viewers` events; without counting there are none to show.
+    let show_viewers = options.viewers.as_deref() == Some("1") && relay.viewers().is_some();
     let config = relay.config().embed.clone();
     let public_origin = relay
         .config()
@@ -137,16 +140,24 @@ async fn page(
             HeaderValue::from_static("nosniff"),
         ),
     ];
-    Ok((headers, render_page(&call, &config)).into_response())
+    Ok((headers, render_page(&call, &config, show_viewers)).into_response())
 }
 
-fn render_page(call: &CallId, config: &EmbedConfig) -> String {
+/// What a site can ask of the page in its URL.
+#[derive(Debug, Default, Deserialize)]
+struct PageOptions {
+    /// `1`: show how many watch ("N watching").
+    viewers: Option<String>,
+}
+
+fn render_page(call: &CallId, config: &EmbedConfig, show_viewers: bool) -> String {
     // Relative to the page, like the hls.js route, so a path prefix in front of the relay keeps working.
     let calls = format!("../../v1/calls/{}/{}", call.kind(), call.id());
     let page_config = serde_json::json!({
         "cid": call.to_string(),
         "events": format!("{calls}/events"),
         "state": calls,
+        "viewers": show_viewers,
     });
     let title = format!("Live: {call}");
     // One pass over the template, so that interpolated text is never scanned for placeholders again.
@@ -258,7 +269,7 @@ mod tests {
 
     #[test]
     fn the_page_points_at_the_call_and_the_built_in_hls_js() {
-        let page = render_page(&call(), &EmbedConfig::default());
+        let page = render_page(&call(), &EmbedConfig::default(), false);
         assert!(page.contains("<title>Live: livestream:abc_1-2</title>"));
         assert!(page.contains(r#""events":"../../v1/calls/livestream/abc_1-2/events""#));
         assert!(page.contains(r#""state":"../../v1/calls/livestream/abc_1-2""#));
@@ -268,14 +279,17 @@ mod tests {
         )));
         assert!(!page.contains("{{"), "every placeholder is filled");
         assert!(!page.contains("https:"), "nothing from a third party");
+        assert!(page.contains(r#""viewers":false"#));
+        let page = render_page(&call(), &EmbedConfig::default(), true);
+        assert!(page.contains(r#""viewers":true"#));
     }
 
     #[test]
     fn a_cdn_or_a_local_file_replaces_the_built_in_hls_js() {
-        let page = render_page(&call(), &from_cdn());
+        let page = render_page(&call(), &from_cdn(), false);
         assert!(page.contains(&format!(r#"<script src="{CDN}"></script>"#)));
         // A local file wins over a CDN URL.
-        let page = render_page(&call(), &local_file());
+        let page = render_page(&call(), &local_file(), false);
         assert!(page.contains(r#"<script src="../hls.min.js"></script>"#));
     }
 
@@ -295,13 +309,13 @@ mod tests {
             hls_js_url: Some(r#"https://cdn.example/x.js"><script>alert(1)</script>"#.into()),
             hls_js_path: None,
         };
-        let page = render_page(&call(), &config);
+        let page = render_page(&call(), &config, false);
         assert!(!page.contains("<script>alert(1)"));
     }
 
     #[test]
     fn the_policy_allows_exactly_what_the_player_loads() {
-        let page = render_page(&call(), &EmbedConfig::default());
+        let page = render_page(&call(), &EmbedConfig::default(), false);
         // The hashes are over the exact inline text the page carries.
         assert!(page.contains(&format!("<script>{SCRIPT}</script>")));
         assert!(page.contains(&format!("<style>{STYLE}</style>")));

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -31,16 +31,17 @@ use crate::events::hub::CallEvent;
 use crate::events::{self, Outcome, Source, webhook};
 use crate::hls::blocking::Directives;
 use crate::hls::encoding::{self, Coding};
-use crate::hls::playlist;
+use crate::hls::playlist::{self, PlaylistKind};
 use crate::hls::urlmap::{ENTRY_PLAYLIST, UrlCodec};
 use crate::http::listener::TlsConnection;
-use crate::relay::cache::CachedObject;
+use crate::relay::cache::{CachedObject, PlaylistMeta};
 use crate::relay::upstream::Upstream;
 use crate::relay::{Relay, Served};
 use crate::stream::api::StreamApi;
 use crate::stream::call::CallId;
 use crate::stream::resolver::{Resolution, Resolver};
 use crate::telemetry::{CacheOutcome, Metrics};
+use crate::viewers::{self, Viewers};
 
 /// Longest request path accepted; relay object URLs are well under it.
 const MAX_PATH_LEN: usize = 4096;
@@ -446,6 +447,9 @@ fn route_label(path: &str) -> &'static str {
 }
 
 async fn metrics(State(relay): State<Relay>) -> impl IntoResponse {
+    if let Some(viewers) = relay.viewers() {
+        viewers.export(relay.metrics());
+    }
     let (bytes, entries) = relay.cache().usage();
     relay.metrics().cache_bytes.set(bytes as i64);
     relay.metrics().cache_entries.set(entries as i64);
@@ -474,10 +478,14 @@ async fn call_state(
             serde_json::json!({"playlist_url": entry_url(relay.config(), &headers, &uri, tls.is_some(), &call, token)})
         }
     };
-    let body = serde_json::json!({"call": {
+    let mut body = serde_json::json!({"call": {
         "cid": call.to_string(), "type": call.kind(), "id": call.id(),
         "egress": {"broadcasting": !hls.is_null(), "hls": hls},
     }});
+    // Beside `call`, so that Stream's shape inside it stays exactly Stream's.
+    if let Some(viewers) = relay.viewers() {
+        body["viewers"] = viewers.counts(&call).await.to_json();
+    }
     Ok(([(header::CACHE_CONTROL, "no-cache")], axum::Json(body)).into_response())
 }
 
@@ -503,6 +511,19 @@ async fn call_events(
     relay.watch(&call);
     let playlist_url = entry_url(relay.config(), &headers, &uri, tls.is_some(), &call, token);
     let first = state_event(&call, &resolution, &playlist_url);
+    // The counts now, then their changes from the call's one timer (see `Viewers::tell_pages`).
+    let counts = match relay.viewers() {
+        Some(viewers) => {
+            viewers.tell_pages(&call, relay.hub());
+            let counts = viewers.counts(&call).await;
+            Some(
+                SseEvent::default()
+                    .event("viewers")
+                    .data(&*viewers::event_data(&counts)),
+            )
+        }
+        None => None,
+    };
     let changes = futures_util::stream::unfold(
         (subscription, relay, call, playlist_url),
         |(mut subscription, relay, call, playlist_url)| async move {
@@ -524,8 +545,8 @@ async fn call_events(
             ))
         },
     );
-    let events =
-        futures_util::StreamExt::chain(futures_util::stream::once(async { Ok(first) }), changes);
+    let now = futures_util::stream::iter([Some(first), counts].into_iter().flatten().map(Ok));
+    let events = futures_util::StreamExt::chain(now, changes);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
         .into_response())
@@ -537,8 +558,13 @@ fn state_event(call: &CallId, resolution: &Resolution, playlist_url: &str) -> Ss
 }
 
 fn change_event(call: &CallId, change: &CallEvent, playlist_url: &str) -> SseEvent {
-    let live = *change == CallEvent::BroadcastingStarted;
-    sse_event(change.name(), call, live, playlist_url)
+    match change {
+        CallEvent::Viewers(data) => SseEvent::default().event(change.name()).data(&**data),
+        _ => {
+            let live = *change == CallEvent::BroadcastingStarted;
+            sse_event(change.name(), call, live, playlist_url)
+        }
+    }
 }
 
 fn sse_event(name: &str, call: &CallId, live: bool, playlist_url: &str) -> SseEvent {
@@ -620,11 +646,18 @@ fn viewer_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'
         .or_else(|| query_value(query, "token"))
 }
 
+/// The value of `name` in a query. Every `/hls` request with a query asks for one or two (`token`, `vs`) and
+/// queries are short: a plain byte loop, where `str` splitting (memchr set-up per piece) cost more than the rest
+/// of counting a viewer's reload.
 fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
-    query?
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find_map(|(key, value)| (key == name).then_some(value))
+    let query = query?;
+    let base = query.as_ptr() as usize;
+    query.as_bytes().split(|&b| b == b'&').find_map(|pair| {
+        let value = pair.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        // Split at ASCII bytes only, so the offsets are character boundaries.
+        let start = value.as_ptr() as usize - base;
+        Some(&query[start..start + value.len()])
+    })
 }
 
 /// The relay's own absolute base URL: configured, or as this request reached it.
@@ -662,12 +695,23 @@ async fn hls(relay: &Relay, request: Request) -> Result<Response, RelayError> {
     let (kind, id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let call = CallId::new(kind, id).map_err(|e| RelayError::BadRequest(e.to_string()))?;
     let token = relay.gate().admit(&call, query_value(query, "token"))?;
+    let viewer = Viewer {
+        token,
+        session: None,
+    };
     // Most requests are fresh cache hits: answered here, without the miss path (boxed below, so that its large
     // future is neither built nor moved for a hit).
     let blocking = query.is_some_and(|query| query.contains("_HLS_"));
     if !blocking && let Some(served) = relay.fresh(path) {
-        return Ok(render(served, headers, token).await);
+        return match relay.viewers() {
+            None => Ok(render(served, headers, viewer).await),
+            Some(viewers) => {
+                let entry = is_entry(path, kind, id);
+                watched(viewers, &call, entry, query, served, headers, viewer).await
+            }
+        };
     }
+    let entry = is_entry(path, kind, id);
     let work = async {
         match (parts.next(), parts.next(), parts.next()) {
             (Some(ENTRY_PLAYLIST), None, None) => relay.entry_playlist(&call, path).await,
@@ -689,10 +733,85 @@ async fn hls(relay: &Relay, request: Request) -> Result<Response, RelayError> {
         .boxed()
         .await
         .map_err(|_| RelayError::UpstreamTimeout("no response from upstream in time".into()))??;
-    Ok(render(served, headers, token).await)
+    match relay.viewers() {
+        None => Ok(render(served, headers, viewer).await),
+        Some(viewers) => watched(viewers, &call, entry, query, served, headers, viewer).await,
+    }
 }
 
-async fn render(served: Served, request: &HeaderMap, token: Option<&str>) -> Response {
+/// Whether `path` (`/hls/{kind}/{id}/…`) is the entry playlist: by length alone, no scan.
+fn is_entry(path: &str, kind: &str, id: &str) -> bool {
+    path.len() == "/hls///".len() + kind.len() + id.len() + ENTRY_PLAYLIST.len()
+        && path.ends_with(ENTRY_PLAYLIST)
+}
+
+/// What of a viewer goes into the playlists it gets: its token (token mode) and its session (viewer counting).
+#[derive(Debug, Clone, Copy)]
+struct Viewer<'a> {
+    token: Option<&'a str>,
+    session: Option<&'a str>,
+}
+
+/// A response with viewer counting on. A playlist reload naming a session the relay issued counts for that
+/// session and is served with the session in its playlist URIs; the entry playlist without one starts a session
+/// (a multivariant entry is served with the new id in its variant URIs; a media-playlist entry redirects to
+/// itself with the id, as it has no URIs of its own to carry it); anything else is served as it would be
+/// without counting, and counts nothing.
+async fn watched(
+    viewers: &Viewers,
+    call: &CallId,
+    entry: bool,
+    query: Option<&str>,
+    served: Served,
+    request: &HeaderMap,
+    viewer: Viewer<'_>,
+) -> Result<Response, RelayError> {
+    let playlist = match &served {
+        Served::Whole { object, .. } if object.status == StatusCode::OK => object.playlist.clone(),
+        _ => None,
+    };
+    let Some(playlist) = playlist else {
+        return Ok(render(served, request, viewer).await);
+    };
+    let (rendition, target) = (playlist.rendition.as_ref(), playlist.info.target_duration);
+    let named = query_value(query, "vs");
+    let minted;
+    let session = match named.filter(|session| viewers.reload(call, session, rendition, target)) {
+        Some(session) => session,
+        None if entry => {
+            minted = viewers.start(call, target)?;
+            if playlist.info.kind == PlaylistKind::Media {
+                return Ok(to_session(&minted, viewer.token));
+            }
+            &minted
+        }
+        None => return Ok(render(served, request, viewer).await),
+    };
+    let viewer = Viewer {
+        session: Some(session),
+        ..viewer
+    };
+    Ok(render(served, request, viewer).await)
+}
+
+/// The entry URL again, with the viewer's new session: `Location` is relative, so a path prefix in front of the
+/// relay (or a CDN's host) is kept.
+fn to_session(session: &str, token: Option<&str>) -> Response {
+    let location = match token {
+        Some(token) => format!("{ENTRY_PLAYLIST}?token={token}&vs={session}"),
+        None => format!("{ENTRY_PLAYLIST}?vs={session}"),
+    };
+    let mut response = object_response(Body::empty(), StatusCode::FOUND);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::LOCATION,
+        HeaderValue::try_from(location).expect("tokens and session ids are URL-safe"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn render(served: Served, request: &HeaderMap, viewer: Viewer<'_>) -> Response {
     match served {
         Served::Whole {
             object,
@@ -705,9 +824,9 @@ async fn render(served: Served, request: &HeaderMap, token: Option<&str>) -> Res
                 true => encoding::preferred(request.get(header::ACCEPT_ENCODING)),
                 false => None,
             };
-            match (token, &object.playlist) {
-                (Some(token), Some(playlist)) => {
-                    render_for_viewer(&object, &playlist.uri_ends, token, outcome, coding)
+            match &object.playlist {
+                Some(playlist) if viewer.token.is_some() || viewer.session.is_some() => {
+                    render_for_viewer(&object, playlist, viewer, outcome, stale, request, coding)
                 }
                 _ => render_whole(&object, outcome, stale, request, coding),
             }
@@ -742,16 +861,38 @@ async fn render(served: Served, request: &HeaderMap, token: Option<&str>) -> Res
     }
 }
 
-/// A playlist with the viewer's token carried into every URI the relay wrote: private to that viewer, so compressed
-/// per request when the viewer accepts it.
+/// A playlist with the viewer's token carried into every URI the relay wrote and its session into every playlist
+/// URI: private to that viewer, so compressed per request when the viewer accepts it. A playlist that gets
+/// nothing of the viewer (no token, and no playlist URIs for the session: a media playlist) is the shared one,
+/// with its ETag and compressed variants, only marked private since its URL names the viewer's session.
 fn render_for_viewer(
     object: &CachedObject,
-    uri_ends: &[usize],
-    token: &str,
+    playlist: &PlaylistMeta,
+    viewer: Viewer<'_>,
     outcome: CacheOutcome,
+    stale: bool,
+    request: &HeaderMap,
     coding: Option<Coding>,
 ) -> Response {
-    let body = playlist::with_query(&object.body, uri_ends, &format!("token={token}"));
+    let token = viewer.token.map(|token| format!("token={token}"));
+    let session = viewer
+        .session
+        .filter(|_| !playlist.playlist_uri_ends.is_empty())
+        .map(|session| format!("vs={session}"));
+    if token.is_none() && session.is_none() {
+        let mut response = render_whole(object, outcome, stale, request, coding);
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, private(&object.cache_control));
+        return response;
+    }
+    let body = playlist::with_queries(
+        &object.body,
+        &playlist.uri_ends,
+        token.as_deref(),
+        &playlist.playlist_uri_ends,
+        session.as_deref(),
+    );
     let body = match coding {
         Some(coding) => encoding::compress(coding, &body),
         None => body.into(),
@@ -759,15 +900,7 @@ fn render_for_viewer(
     let mut response = object_response(Body::from(body), object.status);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, object.content_type.clone());
-    let cache_control = object
-        .cache_control
-        .to_str()
-        .unwrap_or("max-age=0")
-        .replacen("public", "private", 1);
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::try_from(cache_control).expect("ASCII"),
-    );
+    headers.insert(header::CACHE_CONTROL, private(&object.cache_control));
     headers.insert(
         header::AGE,
         HeaderValue::from(object.age_secs(Instant::now())),
@@ -778,6 +911,25 @@ fn render_for_viewer(
         headers.insert(header::CONTENT_ENCODING, coding.header_value());
     }
     response
+}
+
+/// The shared object's `Cache-Control`, for one viewer's copy: same freshness, no shared cache. Playlists'
+/// max-ages are a few seconds, so those values are made once (building one was a sixth of the cost of counting
+/// a reload).
+fn private(cache_control: &HeaderValue) -> HeaderValue {
+    static PRIVATE: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+        (0..64)
+            .map(|age| HeaderValue::try_from(format!("private, max-age={age}")).expect("ASCII"))
+            .collect()
+    });
+    let value = cache_control.to_str().unwrap_or("max-age=0");
+    let age = value
+        .strip_prefix("public, max-age=")
+        .and_then(|age| age.parse::<usize>().ok());
+    match age.and_then(|age| PRIVATE.get(age)) {
+        Some(private) => private.clone(),
+        None => HeaderValue::try_from(value.replacen("public", "private", 1)).expect("ASCII"),
+    }
 }
 
 /// A response for a relayed object, its header map sized for the relay's headers and CORS's at once (growing it
@@ -1004,6 +1156,55 @@ mod tests {
         assert!(!etag_matches(&request, &etag));
         request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
         assert!(etag_matches(&request, &etag));
+    }
+
+    #[test]
+    fn query_values_are_found_by_exact_name() {
+        let query = Some("vs=abc&token=t.k-n&x&token2=no&=v&é=1&vs=second");
+        assert_eq!(query_value(query, "vs"), Some("abc"));
+        assert_eq!(query_value(query, "token"), Some("t.k-n"));
+        assert_eq!(query_value(query, "x"), None);
+        assert_eq!(query_value(query, "tok"), None);
+        assert_eq!(query_value(query, "é"), Some("1"));
+        assert_eq!(query_value(Some("a=1&b="), "b"), Some(""));
+        assert_eq!(query_value(None, "vs"), None);
+        assert_eq!(query_value(Some(""), "vs"), None);
+    }
+
+    #[test]
+    fn a_viewers_copy_is_private_with_the_same_freshness() {
+        for (public, private_) in [
+            ("public, max-age=1", "private, max-age=1"),
+            ("public, max-age=0", "private, max-age=0"),
+            ("public, max-age=300", "private, max-age=300"),
+            ("public, max-age=6, x", "private, max-age=6, x"),
+        ] {
+            assert_eq!(private(&HeaderValue::from_static(public)), private_);
+        }
+    }
+
+    #[test]
+    fn the_entry_is_told_by_its_length() {
+        assert!(is_entry(
+            "/hls/livestream/abc/index.m3u8",
+            "livestream",
+            "abc"
+        ));
+        assert!(!is_entry(
+            "/hls/livestream/abc/x/index.m3u8",
+            "livestream",
+            "abc"
+        ));
+        assert!(!is_entry(
+            "/hls/livestream/abc/loc/seal/p.m3u8",
+            "livestream",
+            "abc"
+        ));
+        assert!(!is_entry(
+            "/hls/livestream/abc/xindex.m3u8",
+            "livestream",
+            "abc"
+        ));
     }
 
     #[test]

@@ -42,12 +42,17 @@ pub struct CachedObject {
 }
 
 /// A relayed playlist's semantics (for LL-HLS blocking requests), where its rewritten URIs end (to carry a
-/// viewer's token into them), its compressed variants (made once, served to every viewer) and, for a live media
-/// playlist, the references its rewrite wrote (for the rewrite of its next version).
+/// viewer's token into all of them, and its session id into those of playlists), its compressed variants (made
+/// once, served to every viewer), its rendition's label (for viewer counts) and, for a live media playlist, the
+/// references its rewrite wrote (for the rewrite of its next version).
 #[derive(Debug)]
 pub struct PlaylistMeta {
     pub info: PlaylistInfo,
     pub uri_ends: Vec<usize>,
+    /// The ends (among `uri_ends`) of the URIs of playlists: variants, renditions, rendition reports.
+    pub playlist_uri_ends: Vec<usize>,
+    /// For a media playlist, the label its viewers are counted under.
+    pub rendition: Option<Arc<str>>,
     pub variants: Variants,
     pub mapped: Option<MappedUris>,
 }

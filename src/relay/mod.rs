@@ -42,6 +42,7 @@ use crate::relay::upstream::{HostPolicy, Upstream, UpstreamError, UpstreamRespon
 use crate::stream::call::CallId;
 use crate::stream::resolver::{Applied, Resolution, Resolver};
 use crate::telemetry::{CacheOutcome, Metrics};
+use crate::viewers::{Viewers, rendition};
 
 /// How long an expired playlist is kept to answer with when its refresh fails (marked stale).
 const STALE_IF_ERROR: Duration = Duration::from_secs(30);
@@ -83,6 +84,8 @@ struct Inner {
     gate: Gate,
     /// The other instances, when `cluster.redis_url` is set.
     fleet: Option<Fleet>,
+    /// Viewer counting, when `viewers.enabled`.
+    viewers: Option<Viewers>,
     metrics: Arc<Metrics>,
 }
 
@@ -97,6 +100,15 @@ impl Relay {
     ) -> Self {
         let cache = Cache::new(config.cache.max_bytes.as_u64());
         let gate = Gate::new(&config.access, config.stream.api_secret.as_deref());
+        let viewers = config.viewers.enabled.then(|| {
+            Viewers::new(
+                &config.viewers,
+                config.access.max_viewers_per_call,
+                config.server.url_keys().first().copied(),
+                fleet.clone(),
+                metrics.clone(),
+            )
+        });
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -113,6 +125,7 @@ impl Relay {
                 signer,
                 gate,
                 fleet,
+                viewers,
                 metrics,
             }),
         }
@@ -152,6 +165,11 @@ impl Relay {
 
     pub fn fleet(&self) -> Option<&Fleet> {
         self.inner.fleet.as_ref()
+    }
+
+    /// Viewer counting; None when `viewers.enabled` is off.
+    pub fn viewers(&self) -> Option<&Viewers> {
+        self.inner.viewers.as_ref()
     }
 
     /// Applies what the other instances of the fleet applied, for as long as this relay lives.
@@ -371,6 +389,8 @@ impl Relay {
                             ..meta.info.clone()
                         },
                         uri_ends: meta.uri_ends.clone(),
+                        playlist_uri_ends: meta.playlist_uri_ends.clone(),
+                        rendition: meta.rendition.clone(),
                         variants: Variants::default(),
                         // Nothing follows an ended playlist to reuse its references.
                         mapped: None,
@@ -802,6 +822,14 @@ impl Relay {
         .reusing(previous);
         let rewritten = playlist::rewrite_marked_with(&body, &mut mapper)
             .map_err(|e| RelayError::BadUpstreamPlaylist(e.to_string()))?;
+        // One kind per mark, in order: the marks of playlist URIs are where viewers' session ids go.
+        let playlist_uri_ends = rewritten
+            .uri_ends
+            .iter()
+            .zip(mapper.kinds())
+            .filter(|(_, kind)| *kind == ObjectKind::Playlist)
+            .map(|(&end, _)| end)
+            .collect();
         let end_it = target.ended && info.kind == PlaylistKind::Media && !info.ended;
         let (body, freshness) = if end_it {
             let freshness = policy::ended_playlist_freshness(&self.inner.config.cache);
@@ -821,12 +849,16 @@ impl Relay {
         object.live_playlist = info.kind == PlaylistKind::Media && !info.ended && !end_it;
         // Only a live media playlist changes little from one version to the next; others would hold it for nothing.
         let mapped = object.live_playlist.then(|| mapper.into_mapped());
+        let rendition =
+            (info.kind == PlaylistKind::Media).then(|| Arc::from(rendition::label(&target.url)));
         object.playlist = Some(Arc::new(PlaylistMeta {
             info: PlaylistInfo {
                 ended: info.ended || end_it,
                 ..info
             },
             uri_ends: rewritten.uri_ends,
+            playlist_uri_ends,
+            rendition,
             variants: Variants::default(),
             mapped,
         }));

@@ -1,6 +1,6 @@
 // Opens the relay's embed page in headless Chromium and checks what a viewer would see.
 //
-//   node play.mjs URL [--expect STATE[,STATE...]] [--timeout SECONDS] [--iframe] [--only-loopback]
+//   node play.mjs URL [--expect STATE[,STATE...]] [--timeout SECONDS] [--iframe] [--only-loopback] [--viewers TEXT]
 //
 // The page's `data-state` must go through the listed states in order (default: `playing`). On reaching each one
 // this prints a JSON line {"reached": STATE, ...} (the Rust test acts on these, e.g. stops the broadcast once it
@@ -17,6 +17,9 @@
 // than 127.0.0.1 or localhost is aborted and listed under blockedRequests, which fails the run. Every origin the
 // page asked anything of is listed under origins, every script it loaded under scripts.
 //
+// --viewers TEXT: after the states, the page's viewer count (`?viewers=1`) must come to read TEXT, e.g. "1 watching";
+// it is reported as {"viewers": TEXT}.
+//
 // CHROMIUM names the browser binary (default /usr/bin/chromium, Debian's).
 
 import http from 'node:http';
@@ -29,6 +32,7 @@ const expect = (option('--expect') ?? 'playing').split(',').filter(Boolean);
 const timeoutMs = Number(option('--timeout') ?? 60) * 1000;
 const inIframe = args.includes('--iframe');
 const onlyLoopback = args.includes('--only-loopback');
+const viewersText = option('--viewers');
 const LOOPBACK = ['127.0.0.1', 'localhost'];
 
 function option(name) {
@@ -43,7 +47,7 @@ function isOptionValue(arg) {
 
 if (!url) {
   console.error(
-    'usage: node play.mjs URL [--expect STATE[,STATE...]] [--timeout SECONDS] [--iframe] [--only-loopback]',
+    'usage: node play.mjs URL [--expect STATE[,STATE...]] [--timeout SECONDS] [--iframe] [--only-loopback] [--viewers TEXT]',
   );
   process.exit(2);
 }
@@ -145,6 +149,19 @@ try {
     console.log(JSON.stringify({ reached: state, ...seen }));
   }
 
+  if (viewersText !== undefined) {
+    await player.waitForFunction(
+      (text) => {
+        const line = document.getElementById('viewers');
+        return line && !line.hidden && line.textContent === text;
+      },
+      viewersText,
+      { timeout: remaining(), polling: 100 },
+    );
+    findings.viewers = viewersText;
+    console.log(JSON.stringify({ viewers: viewersText }));
+  }
+
   const blocked = findings.blockedRequests.map((request) => `requested off loopback: ${request}`);
   const problems = [...findings.pageErrors, ...findings.consoleErrors, ...blocked];
   report(problems.length === 0, problems.length ? { error: `page problems: ${problems.join(' | ')}` } : {});
@@ -188,6 +205,7 @@ async function snapshot(player) {
     return {
       dataState: document.body.dataset.state,
       status: document.getElementById('status').textContent,
+      viewers: document.getElementById('viewers')?.textContent ?? null,
       engine: document.body.dataset.engine ?? null,
       currentTime: video.currentTime,
       readyState: video.readyState,

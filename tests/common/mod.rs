@@ -316,6 +316,8 @@ impl FixedOrigin {
 pub struct SseReader {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buffer: String,
+    /// How long to wait for the next bytes.
+    patience: Duration,
 }
 
 impl SseReader {
@@ -346,11 +348,37 @@ impl SseReader {
         SseReader {
             body: Box::pin(response.bytes_stream()),
             buffer: String::new(),
+            patience: PATIENCE,
         }
     }
 
-    /// The next event's name and data, within `PATIENCE`.
+    /// Waits up to `patience` for each event instead of `PATIENCE`.
+    pub fn patient(mut self, patience: Duration) -> SseReader {
+        self.patience = patience;
+        self
+    }
+
+    /// The next event about the broadcast (`viewers` events are skipped: see [`Self::next_viewers`]).
     pub async fn next(&mut self) -> (String, serde_json::Value) {
+        loop {
+            let (name, data) = self.next_any().await;
+            if name != "viewers" {
+                return (name, data);
+            }
+        }
+    }
+
+    /// The data of the next `viewers` event, skipping others.
+    pub async fn next_viewers(&mut self) -> serde_json::Value {
+        loop {
+            let (name, data) = self.next_any().await;
+            if name == "viewers" {
+                return data;
+            }
+        }
+    }
+
+    pub async fn next_any(&mut self) -> (String, serde_json::Value) {
         use futures_util::StreamExt;
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
@@ -366,7 +394,7 @@ impl SseReader {
                 }
                 continue;
             }
-            let chunk = tokio::time::timeout(PATIENCE, self.body.next())
+            let chunk = tokio::time::timeout(self.patience, self.body.next())
                 .await
                 .expect("an SSE event in time")
                 .expect("the stream stays open")

@@ -8,6 +8,7 @@
   var config = JSON.parse(document.getElementById('embed-config').textContent);
   var video = document.getElementById('video');
   var statusLine = document.getElementById('status');
+  var viewersLine = document.getElementById('viewers');
 
   var POLL_MS = 3000;
   // A proxy that buffers event streams would leave the page waiting forever: poll when no state comes.
@@ -276,6 +277,20 @@
     events.addEventListener('broadcasting_started', onState('ended'));
     events.addEventListener('broadcasting_stopped', onState('ended'));
     events.addEventListener('broadcasting_failed', onState('failed'));
+    if (config.viewers) {
+      // Counts come with the state stream (when it changes, at most every 5 s): no extra requests.
+      events.addEventListener('viewers', function (message) {
+        var data;
+        try {
+          data = JSON.parse(message.data);
+        } catch (_) {
+          return;
+        }
+        var now = typeof data.now === 'number' ? data.now : 0;
+        viewersLine.textContent = now + ' watching';
+        viewersLine.hidden = now < 1;
+      });
+    }
     // A refused stream (404 for an unknown call, no SSE route behind some proxy) is closed for good; a dropped
     // one reconnects by itself and starts again with a `state` event.
     events.onerror = function () {
