@@ -25,21 +25,7 @@ const DRIVER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Whether `python3` can import the SDK. CI must have it (`.ci/run` installs it).
 fn sdk_installed() -> bool {
-    let installed = std::process::Command::new("python3")
-        .args(["-c", "import getstream"])
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !installed {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install Stream's Python SDK (see .ci/run)"
-        );
-        eprintln!(
-            "the getstream Python SDK is not installed: skipping the SDK conformance check \
-             (python3 -m pip install 'getstream==7.0.0')"
-        );
-    }
-    installed
+    python_module_available("getstream", "python3 -m pip install 'getstream==7.0.0'")
 }
 
 /// Runs the driver against the simulator with `args`, feeding it `input`, and returns its JSON report.

@@ -40,22 +40,7 @@ impl Moto {
     }
 
     fn installed() -> bool {
-        let installed = Command::new("python3")
-            .args(["-c", "import moto.server"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must install moto (see .ci/run)"
-            );
-            eprintln!(
-                "moto is not installed: skipping the SQS test (python3 -m pip install 'moto[server]')"
-            );
-        }
-        installed
+        python_module_available("moto.server", "python3 -m pip install 'moto[server]'")
     }
 
     async fn retry(mut port: impl FnMut() -> u16) -> Moto {

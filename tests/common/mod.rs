@@ -404,7 +404,20 @@ impl SseReader {
     }
 }
 
-/// Whether `program` runs here. Missing, a test says so and stops, except in CI, which must install it.
+/// Whether `what` a test needs is here (`found`). Missing, the test says so and stops, except in CI, which must
+/// install it (`.ci/run`).
+pub fn required(what: &str, found: bool, install: &str) -> bool {
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install {what} (see .ci/run)"
+        );
+        eprintln!("{what} is not installed: skipping ({install})");
+    }
+    found
+}
+
+/// Whether `program` runs here (see [`required`]).
 pub fn tool_available(program: &str, version_flag: &str, install: &str) -> bool {
     let found = std::process::Command::new(program)
         .arg(version_flag)
@@ -412,14 +425,18 @@ pub fn tool_available(program: &str, version_flag: &str, install: &str) -> bool 
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install {program} (see .ci/run)"
-        );
-        eprintln!("{program} is not installed: skipping ({install})");
-    }
-    found
+    required(program, found, install)
+}
+
+/// Whether `python3` can import `module` (see [`required`]).
+pub fn python_module_available(module: &str, install: &str) -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    required(&format!("the Python module {module}"), found, install)
 }
 
 /// A port that was free a moment ago, for servers that cannot bind port 0 and report it (redis-server).
