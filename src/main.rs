@@ -148,6 +148,7 @@ async fn serve(
     let http = hls_relay::http::listener::Server::new(config.listener())?;
     let grace = config.server.shutdown_grace;
     let relay = server::build_relay(config)?;
+    let http = http.with_fast_lane(server::fast_lane(&relay));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let consumer = sqs::spawn(relay.clone(), sqs::aws_defaults(), stopped);
     tracing::info!(addr = %listener.local_addr()?, tls = http.tls().is_some(), "hls-relay listening");

@@ -375,3 +375,172 @@ async fn concurrent_call_lookups_share_one_api_request() {
     }
     assert_eq!(world.sim.api_requests() - before, 1);
 }
+
+/// One HTTP/1.1 response read off a raw connection: status, headers (lower-case names, in order) and body.
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The headers that do not change from one second or one answer to the next, sorted.
+    fn stable_headers(&self) -> Vec<(String, String)> {
+        let mut headers: Vec<_> = self
+            .headers
+            .iter()
+            .filter(|(name, _)| name != "date" && name != "age")
+            .cloned()
+            .collect();
+        headers.sort();
+        headers
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `requests` back to back on one connection (pipelined) and reads one response to each, in order. HEAD
+/// responses have no body; others are framed by Content-Length or chunked.
+async fn pipelined(addr: std::net::SocketAddr, requests: &[String]) -> Vec<RawResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(requests.concat().as_bytes()).await.unwrap();
+    let mut buffer = Vec::new();
+    let mut responses = Vec::new();
+    async fn fill(buffer: &mut Vec<u8>, stream: &mut tokio::net::TcpStream) {
+        let mut chunk = [0; 16384];
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .expect("the relay answers in time")
+            .unwrap();
+        assert!(n > 0, "the relay closed the connection");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    for request in requests {
+        let (status, headers, head_len) = loop {
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut response = httparse::Response::new(&mut slots);
+            if let httparse::Status::Complete(len) = response.parse(&buffer).unwrap() {
+                let headers: Vec<(String, String)> = response
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let value = String::from_utf8(h.value.to_vec()).unwrap();
+                        (h.name.to_ascii_lowercase(), value)
+                    })
+                    .collect();
+                break (response.code.unwrap(), headers, len);
+            }
+            fill(&mut buffer, &mut stream).await;
+        };
+        buffer.drain(..head_len);
+        let value = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if request.starts_with("HEAD ") || status == 304 {
+        } else if let Some(length) = value("content-length") {
+            let length: usize = length.parse().unwrap();
+            while buffer.len() < length {
+                fill(&mut buffer, &mut stream).await;
+            }
+            body = buffer.drain(..length).collect();
+        } else {
+            assert_eq!(value("transfer-encoding").as_deref(), Some("chunked"));
+            loop {
+                let line_end = loop {
+                    if let Some(at) = buffer.windows(2).position(|w| w == b"\r\n") {
+                        break at;
+                    }
+                    fill(&mut buffer, &mut stream).await;
+                };
+                let size_text = String::from_utf8(buffer[..line_end].to_vec()).unwrap();
+                let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                    .unwrap();
+                while buffer.len() < line_end + 2 + size + 2 {
+                    fill(&mut buffer, &mut stream).await;
+                }
+                body.extend_from_slice(&buffer[line_end + 2..line_end + 2 + size]);
+                buffer.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        }
+        responses.push(RawResponse {
+            status,
+            headers,
+            body,
+        });
+    }
+    responses
+}
+
+fn get(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: relay.test\r\nUser-Agent: t\r\n{extra}\r\n")
+}
+
+/// The listener answers plain requests for cached objects itself, without hyper (src/http/fast.rs). Its answers
+/// must be the router's: a `Connection: keep-alive` header (which the fast lane leaves to hyper) gets the same
+/// request answered by the router, for comparison.
+#[tokio::test]
+async fn cached_hits_answered_by_the_listener_are_the_routers_answers() {
+    let world = World::start().await;
+    let (playlist, text) = world.first_media_playlist("ts").await;
+    let segment = resolve(&playlist, uri_lines(&text)[0]);
+    let cached = world.get(&segment).await;
+    assert_eq!(cached.status(), 200);
+    cached.bytes().await.unwrap();
+    let addr = world.relay.addr;
+    for path in [&segment, &playlist] {
+        for accept in ["", "Accept-Encoding: gzip\r\n", "Accept-Encoding: br;q=1, gzip;q=0.5\r\n"] {
+            let lane = &pipelined(addr, &[get(path, accept)]).await[0];
+            let keep_alive = format!("{accept}Connection: keep-alive\r\n");
+            let router = &pipelined(addr, &[get(path, &keep_alive)]).await[0];
+            assert_eq!((lane.status, router.status), (200, 200), "{path} {accept}");
+            assert_eq!(lane.header("x-cache"), Some("HIT"));
+            assert!(lane.header("date").is_some() && lane.header("age").is_some());
+            if path == &segment || lane.header("etag") == router.header("etag") {
+                assert_eq!(lane.stable_headers(), router.stable_headers(), "{path} {accept}");
+                assert_eq!(lane.body, router.body, "{path} {accept}");
+            } else {
+                // A live playlist may have moved on between the two requests: only its version differs.
+                let names = |r: &RawResponse| {
+                    let mut names: Vec<_> = r.stable_headers().into_iter().map(|(n, _)| n).collect();
+                    names.dedup();
+                    names
+                };
+                assert_eq!(names(lane), names(router), "{path} {accept}");
+            }
+        }
+    }
+    // On one connection, pipelined: hits (the lane), a miss and a HEAD (hyper, one request each, the connection
+    // then taken back), a conditional request (hyper), hits again; every answer in order.
+    let uncached = resolve(&playlist, uri_lines(&text).last().unwrap());
+    let etag = pipelined(addr, &[get(&segment, "")]).await[0]
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    let requests = [
+        get(&playlist, ""),
+        get(&uncached, ""),
+        get(&segment, ""),
+        format!("HEAD {segment} HTTP/1.1\r\nHost: relay.test\r\n\r\n"),
+        get(&segment, &format!("If-None-Match: {etag}\r\n")),
+        get(&playlist, "Accept-Encoding: gzip\r\n"),
+        get(&segment, ""),
+    ];
+    let answers = pipelined(addr, &requests).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 304, 200, 200]);
+    let whole = world.get(&segment).await.bytes().await.unwrap();
+    for at in [2, 6] {
+        assert_eq!(answers[at].body, whole, "response {at}");
+    }
+    assert_eq!(answers[3].header("content-length"), Some(&*whole.len().to_string()));
+    assert!(answers[0].body.starts_with(b"#EXTM3U"));
+    assert_eq!(answers[5].header("content-encoding"), Some("gzip"));
+}

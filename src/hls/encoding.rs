@@ -35,7 +35,11 @@ impl Coding {
 /// q-value, Brotli on a tie (smaller), `None` for identity. A coding listed with `q=0` is refused even if `*`
 /// would allow it.
 pub fn preferred(accept_encoding: Option<&HeaderValue>) -> Option<Coding> {
-    let accept = accept_encoding?.to_str().ok()?;
+    preferred_of(accept_encoding?.to_str().ok()?)
+}
+
+/// [`preferred`] from the header's text.
+pub fn preferred_of(accept: &str) -> Option<Coding> {
     let (mut brotli, mut gzip, mut any) = (None, None, None);
     for item in accept.split(',') {
         let mut params = item.split(';');

@@ -61,12 +61,14 @@ use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
+
+use crate::http::fast::{self, FastLane, Head};
 
 /// How often the certificate files are checked for changes (SIGHUP reloads at once).
 const CERT_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -388,12 +390,23 @@ fn load_certified_key(
 pub struct Server {
     config: ListenerConfig,
     tls: Option<Tls>,
+    fast: Option<Arc<dyn FastLane>>,
 }
 
 impl Server {
     pub fn new(config: ListenerConfig) -> Result<Self, TlsError> {
         let tls = config.tls.as_ref().map(Tls::load).transpose()?;
-        Ok(Self { config, tls })
+        Ok(Self {
+            config,
+            tls,
+            fast: None,
+        })
+    }
+
+    /// Answers what `lane` can of HTTP/1.1 requests without hyper (see [`crate::http::fast`]).
+    pub fn with_fast_lane(mut self, lane: Arc<dyn FastLane>) -> Self {
+        self.fast = Some(lane);
+        self
     }
 
     /// The certificate handle, to reload it from elsewhere (tests, an admin hook).
@@ -410,7 +423,7 @@ impl Server {
         service: impl HttpApp,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let Self { config, tls } = self;
+        let Self { config, tls, fast } = self;
         // The watcher lives as long as this call: aborted on return (the guard drops it).
         let _watcher = tls
             .clone()
@@ -420,6 +433,7 @@ impl Server {
             builder: http_builder(&config),
             service: BoxCloneSyncService::new(service),
             tls: tls.map(|tls| TlsAcceptor::from(tls.server_config())),
+            fast,
             config,
         });
         let (stop, stopped) = watch::channel(false);
@@ -541,6 +555,7 @@ struct Shared {
     builder: auto::Builder<TokioExecutor>,
     service: HttpService,
     tls: Option<TlsAcceptor>,
+    fast: Option<Arc<dyn FastLane>>,
     config: ListenerConfig,
 }
 
@@ -750,7 +765,7 @@ impl Connection<'_> {
         // hyper-util's auto connection shuts the socket down itself when done.
         let _ = Box::pin(supervise(
             conn,
-            false,
+            Parking::No,
             &self.shared.config,
             &activity,
             self.peer,
@@ -776,6 +791,12 @@ impl Connection<'_> {
         let mut head = Vec::new();
         let mut head_by = accepted + limits.header_read_timeout;
         let mut first = true;
+        // The fast lane's header block, kept for the connection's next answers.
+        let mut answer = Vec::new();
+        // Whether the last request was answered in the fast lane (or none was made yet): then a request for hyper
+        // is handed to it alone, and the connection taken back after its response, so that one miss or refresh
+        // does not leave a busy connection with hyper for good.
+        let mut lane_last = true;
         loop {
             let read = async {
                 if head.is_empty() {
@@ -808,14 +829,47 @@ impl Connection<'_> {
                 let _ = io.shutdown().await;
                 return;
             }
-            let prefixed = Prefixed::new(head, io, activity.clone());
+            let mut one_request = None;
+            if let Some(lane) = &self.shared.fast {
+                match fast::parse(&head) {
+                    Head::Fast(request, length) => {
+                        answer.clear();
+                        if let Some(body) = lane.answer(&request, &mut answer) {
+                            fast::finish_head(&mut answer, body.len());
+                            if let Err(error) = fast::write_response(&mut io, &answer, &body).await {
+                                tracing::debug!(peer = %self.peer, %error, "connection closed during a response");
+                                return;
+                            }
+                            head.drain(..length);
+                            head_by = Instant::now() + limits.header_read_timeout;
+                            lane_last = true;
+                            first = false;
+                            continue;
+                        }
+                        one_request = lane_last.then_some(length);
+                    }
+                    Head::Bodiless(length) => one_request = lane_last.then_some(length),
+                    Head::Other => {}
+                }
+                lane_last = false;
+            }
+            // One request alone: hyper gets its head, and nothing more to read until the connection is taken back.
+            let after = one_request.map(|length| head.split_off(length));
+            if !first {
+                // Requests answered in the lane count for hyper's idle bounds as those it served itself.
+                activity.served_now();
+            }
+            let mut prefixed = Prefixed::new(std::mem::take(&mut head), io, activity.clone());
+            prefixed.hold = after.is_some();
             let conn = self
                 .shared
                 .http1
                 .serve_connection(TokioIo::new(prefixed), self.service.clone());
             let (ended, conn) = Box::pin(supervise(
                 conn,
-                true,
+                Parking::Http1 {
+                    one_request: after.is_some(),
+                },
                 limits,
                 &activity,
                 self.peer,
@@ -832,7 +886,7 @@ impl Connection<'_> {
                 return;
             }
             // What hyper had read of the next request, if anything (it stops reading when told to close).
-            head = [&parts.read_buf[..], &rest[..]].concat();
+            head = [&parts.read_buf[..], &rest[..], &after.unwrap_or_default()[..]].concat();
             head_by = activity.idle_since() + limits.header_read_timeout;
             first = false;
         }
@@ -959,6 +1013,9 @@ struct Prefixed<I> {
     at: usize,
     io: I,
     activity: Arc<Activity>,
+    /// Once the prefix is read, reads wait (forever): hyper was handed one request, and the connection is taken
+    /// back after its response.
+    hold: bool,
 }
 
 impl<I> Prefixed<I> {
@@ -968,6 +1025,7 @@ impl<I> Prefixed<I> {
             at: 0,
             io,
             activity,
+            hold: false,
         }
     }
 
@@ -999,6 +1057,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
                 this.at = 0;
             }
             return Poll::Ready(Ok(()));
+        }
+        if this.hold {
+            return Poll::Pending;
         }
         Pin::new(&mut this.io).poll_read(cx, buf)
     }
@@ -1049,6 +1110,15 @@ enum Closing {
     Shutdown,
 }
 
+/// Whether [`supervise`] may end a connection early to park its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parking {
+    /// HTTP/2, or not known yet.
+    No,
+    /// HTTP/1.1, parked once idle; with `one_request`, as soon as the one request it was handed is answered.
+    Http1 { one_request: bool },
+}
+
 /// How [`supervise`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
@@ -1062,13 +1132,16 @@ enum Ended {
 /// socket is still open when it was parked.
 async fn supervise<C: Serving>(
     mut conn: C,
-    park: bool,
+    parking: Parking,
     limits: &ListenerConfig,
     activity: &Activity,
     peer: SocketAddr,
     stopped: &mut watch::Receiver<bool>,
     since: Instant,
 ) -> (Ended, C) {
+    let park = parking != Parking::No;
+    let one_request = parking == (Parking::Http1 { one_request: true });
+    let served_before = activity.completed();
     // hyper has no idle bound for HTTP/2, nor before it knows the protocol: this timer is it. It first fires at
     // the earliest of the bounds; each time it fires, the real deadline is worked out from the activity.
     let mut first_check = limits.header_read_timeout.min(limits.idle_timeout);
@@ -1098,6 +1171,13 @@ async fn supervise<C: Serving>(
             _ = &mut stop, if closing == Closing::No => {
                 conn.graceful_shutdown();
                 closing = Closing::Shutdown;
+            }
+            () = activity.done.notified(), if one_request && closing == Closing::No => {
+                if activity.completed() > served_before && activity.parkable_since().is_some() {
+                    conn.graceful_shutdown();
+                    closing = Closing::Park;
+                    watchdog.as_mut().reset(Instant::now() + limits.header_read_timeout);
+                }
             }
             () = &mut watchdog, if closing != Closing::Shutdown => {
                 let now = Instant::now();
@@ -1143,6 +1223,8 @@ struct Activity {
     state: Mutex<ActivityState>,
     /// The last write to the socket could not complete (hyper holds unsent bytes).
     write_blocked: AtomicBool,
+    /// Told each time the connection has no request left in flight.
+    done: Notify,
 }
 
 #[derive(Debug)]
@@ -1153,6 +1235,8 @@ struct ActivityState {
     /// A request had a body: hyper, not this listener, knows whether it was read to its end, so such a
     /// connection is never parked.
     had_body: bool,
+    /// Requests whose response is done.
+    completed: u64,
 }
 
 impl Activity {
@@ -1163,8 +1247,10 @@ impl Activity {
                 idle_since: accepted,
                 served_any: false,
                 had_body: false,
+                completed: 0,
             }),
             write_blocked: AtomicBool::new(false),
+            done: Notify::new(),
         }
     }
 
@@ -1181,6 +1267,17 @@ impl Activity {
 
     fn idle_since(&self) -> Instant {
         self.state().idle_since
+    }
+
+    fn completed(&self) -> u64 {
+        self.state().completed
+    }
+
+    /// A request was answered outside hyper (the fast lane), just now.
+    fn served_now(&self) {
+        let mut state = self.state();
+        state.served_any = true;
+        state.idle_since = Instant::now();
     }
 
     fn write_blocked(&self, blocked: bool) {
@@ -1227,8 +1324,11 @@ impl Drop for RequestGuard {
         let mut state = self.0.state();
         state.in_flight -= 1;
         state.served_any = true;
+        state.completed += 1;
         if state.in_flight == 0 {
             state.idle_since = Instant::now();
+            drop(state);
+            self.0.done.notify_one();
         }
     }
 }
@@ -1610,6 +1710,7 @@ mod tests {
             builder: http_builder(&config),
             service: BoxCloneSyncService::new(axum::Router::new()),
             tls: None,
+            fast: None,
             config,
         });
         let (_stop, stopped) = watch::channel(false);
@@ -1626,7 +1727,7 @@ mod tests {
         let mut stopped_too = stopped.clone();
         let h1 = supervise(
             shared.http1.serve_connection(io(), service.clone()),
-            true,
+            Parking::Http1 { one_request: false },
             &shared.config,
             &service.activity,
             peer,

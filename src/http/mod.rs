@@ -3,5 +3,7 @@
 
 pub mod access;
 pub mod embed;
+pub mod fast;
+pub mod hits;
 pub mod listener;
 pub mod server;

@@ -119,6 +119,11 @@ impl tower::Service<Request> for App {
     }
 }
 
+/// What the listener answers itself: cached hits (see `hits`).
+pub fn fast_lane(relay: &Relay) -> Arc<dyn crate::http::fast::FastLane> {
+    Arc::new(crate::http::hits::RelayHits::new(relay.clone()))
+}
+
 /// `/hls/…`: the viewer URLs of calls and everything the relay wrote into their playlists.
 #[derive(Clone)]
 struct HlsObjects {
@@ -259,6 +264,7 @@ impl RunningRelay {
         let addr = listener.local_addr()?;
         let http = crate::http::listener::Server::new(config.listener())?;
         let relay = build_relay(config)?;
+        let http = http.with_fast_lane(fast_lane(&relay));
         let (shutdown, mut stop) = tokio::sync::watch::channel(false);
         events::sqs::spawn(relay.clone(), aws, shutdown.subscribe());
         let app = app(relay.clone());
@@ -288,7 +294,7 @@ impl Drop for RunningRelay {
     }
 }
 
-fn cors_layer(origins: &[String]) -> CorsLayer {
+pub(crate) fn cors_layer(origins: &[String]) -> CorsLayer {
     let allow_origin = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
@@ -429,10 +435,9 @@ where
     response
 }
 
-fn route_label(path: &str) -> &'static str {
-    if let Some(rest) = path.strip_prefix("/hls/") {
-        if rest.ends_with(ENTRY_PLAYLIST) && memchr::memchr_iter(b'/', rest.as_bytes()).count() == 2
-        {
+pub(crate) fn route_label(path: &str) -> &'static str {
+    if path.starts_with("/hls/") {
+        if is_entry_path(path) {
             "hls_entry"
         } else {
             "hls_object"
@@ -737,6 +742,13 @@ async fn hls(relay: &Relay, request: Request) -> Result<Response, RelayError> {
         None => Ok(render(served, headers, viewer).await),
         Some(viewers) => watched(viewers, &call, entry, query, served, headers, viewer).await,
     }
+}
+
+/// Whether `path` is a call's entry playlist, `/hls/{kind}/{id}/index.m3u8`.
+pub(crate) fn is_entry_path(path: &str) -> bool {
+    path.strip_prefix("/hls/").is_some_and(|rest| {
+        rest.ends_with(ENTRY_PLAYLIST) && memchr::memchr_iter(b'/', rest.as_bytes()).count() == 2
+    })
 }
 
 /// Whether `path` (`/hls/{kind}/{id}/…`) is the entry playlist: by length alone, no scan.

@@ -413,6 +413,17 @@ impl Relay {
         self.inner.cache.fresh(path).map(|object| self.hit(object))
     }
 
+    /// The fresh copy of `path` when it is a 200 (what the listener's fast lane answers), counted as a hit. Any
+    /// other fresh copy is left uncounted, for [`Self::fresh`] to serve.
+    pub fn fresh_ok(&self, path: &str) -> Option<Arc<CachedObject>> {
+        let object = self.inner.cache.fresh(path)?;
+        if object.status != StatusCode::OK {
+            return None;
+        }
+        self.count(CacheOutcome::Hit);
+        Some(object)
+    }
+
     /// The call's entry playlist, served at the stable `/hls/{type}/{id}/index.m3u8` (`path`).
     pub async fn entry_playlist(&self, call: &CallId, path: &str) -> Result<Served, RelayError> {
         let (fill, writer, stale) = match self.inner.cache.lookup(path) {
