@@ -409,7 +409,10 @@ impl RawResponse {
 async fn pipelined(addr: std::net::SocketAddr, requests: &[String]) -> Vec<RawResponse> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(requests.concat().as_bytes()).await.unwrap();
+    stream
+        .write_all(requests.concat().as_bytes())
+        .await
+        .unwrap();
     let mut buffer = Vec::new();
     let mut responses = Vec::new();
     async fn fill(buffer: &mut Vec<u8>, stream: &mut tokio::net::TcpStream) {
@@ -439,7 +442,12 @@ async fn pipelined(addr: std::net::SocketAddr, requests: &[String]) -> Vec<RawRe
             fill(&mut buffer, &mut stream).await;
         };
         buffer.drain(..head_len);
-        let value = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let value = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
         let mut body = Vec::new();
         if request.starts_with("HEAD ") || status == 304 {
         } else if let Some(length) = value("content-length") {
@@ -458,8 +466,8 @@ async fn pipelined(addr: std::net::SocketAddr, requests: &[String]) -> Vec<RawRe
                     fill(&mut buffer, &mut stream).await;
                 };
                 let size_text = String::from_utf8(buffer[..line_end].to_vec()).unwrap();
-                let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
-                    .unwrap();
+                let size =
+                    usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
                 while buffer.len() < line_end + 2 + size + 2 {
                     fill(&mut buffer, &mut stream).await;
                 }
@@ -496,7 +504,11 @@ async fn cached_hits_answered_by_the_listener_are_the_routers_answers() {
     cached.bytes().await.unwrap();
     let addr = world.relay.addr;
     for path in [&segment, &playlist] {
-        for accept in ["", "Accept-Encoding: gzip\r\n", "Accept-Encoding: br;q=1, gzip;q=0.5\r\n"] {
+        for accept in [
+            "",
+            "Accept-Encoding: gzip\r\n",
+            "Accept-Encoding: br;q=1, gzip;q=0.5\r\n",
+        ] {
             let lane = &pipelined(addr, &[get(path, accept)]).await[0];
             let keep_alive = format!("{accept}Connection: keep-alive\r\n");
             let router = &pipelined(addr, &[get(path, &keep_alive)]).await[0];
@@ -504,12 +516,17 @@ async fn cached_hits_answered_by_the_listener_are_the_routers_answers() {
             assert_eq!(lane.header("x-cache"), Some("HIT"));
             assert!(lane.header("date").is_some() && lane.header("age").is_some());
             if path == &segment || lane.header("etag") == router.header("etag") {
-                assert_eq!(lane.stable_headers(), router.stable_headers(), "{path} {accept}");
+                assert_eq!(
+                    lane.stable_headers(),
+                    router.stable_headers(),
+                    "{path} {accept}"
+                );
                 assert_eq!(lane.body, router.body, "{path} {accept}");
             } else {
                 // A live playlist may have moved on between the two requests: only its version differs.
                 let names = |r: &RawResponse| {
-                    let mut names: Vec<_> = r.stable_headers().into_iter().map(|(n, _)| n).collect();
+                    let mut names: Vec<_> =
+                        r.stable_headers().into_iter().map(|(n, _)| n).collect();
                     names.dedup();
                     names
                 };
@@ -540,7 +557,10 @@ async fn cached_hits_answered_by_the_listener_are_the_routers_answers() {
     for at in [2, 6] {
         assert_eq!(answers[at].body, whole, "response {at}");
     }
-    assert_eq!(answers[3].header("content-length"), Some(&*whole.len().to_string()));
+    assert_eq!(
+        answers[3].header("content-length"),
+        Some(&*whole.len().to_string())
+    );
     assert!(answers[0].body.starts_with(b"#EXTM3U"));
     assert_eq!(answers[5].header("content-encoding"), Some("gzip"));
 }

@@ -3,7 +3,7 @@
 # that does not depend on what else runs on a shared 2-core box, where wrk's req/s and CPU µs/req do
 # (see benches/load/README.md, "Instructions per playlist hit (callgrind)").
 #
-#   cargo build --release && benches/load/callgrind.sh        # ~3 min
+#   cargo build --release && benches/load/callgrind.sh        # ~30 s
 #
 # The server under test runs under `valgrind --tool=callgrind`, alone: the harness's static nginx origin
 # (/tmp/hlsbench/origin, made by make-stream.sh) and, for the relay, `hls-relay sim` run natively. One keep-alive
@@ -19,6 +19,8 @@
 # Every measured request must be a cache hit: X-Cache: HIT on each response and no playlist request reaching the
 # origin while the measured requests run (origin access log).
 #
+# Knobs: BIN, SERVERS, N1/N2/WARMUP, PLAYLIST_VALID, the ports (18480-18483), KEEP=1, COMMIT (see below); other
+# HLS_RELAY_* variables pass through to the relay, as in run.sh.
 # Output: TSV on stdout (server, instructions_per_request, bytes_per_response = body bytes), and the same rows with
 # date, commit, CPU model and the raw totals appended to results/callgrind/runs.tsv.
 set -euo pipefail
@@ -42,13 +44,15 @@ START_TIMEOUT=${START_TIMEOUT:-180}   # s: a server under valgrind starts slowly
 STOP_TIMEOUT=${STOP_TIMEOUT:-60}      # s: until callgrind has written its totals
 OUT=${OUT:-$BENCH_DIR/results/callgrind/runs.tsv}
 KEEP=${KEEP:-0}                       # 1: keep the run dir (callgrind.out.* for callgrind_annotate)
-RUN_DIR=$(mktemp -d /tmp/hls-relay-cg.XXXXXX)
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 for tool in valgrind nginx curl python3; do
   command -v "$tool" > /dev/null || die "$tool missing (apt-get install -y nginx valgrind curl python3)"
+done
+for server in $SERVERS; do
+  [[ $server == @(relay|relay-viewers-off|nginx) ]] || die "unknown server '$server' in SERVERS (relay relay-viewers-off nginx)"
 done
 [[ -x $BIN ]] || die "no relay binary $BIN: cargo build --release (or BIN=...)"
 if [[ ! -f $ORIGIN_DIR/ts/index.m3u8 ]]; then
@@ -60,6 +64,7 @@ for port in "$ORIGIN_PORT" "$SIM_PORT" "$RELAY_PORT" "$NGINX_PORT"; do
   port_free "$port" || die "port $port is in use (set ORIGIN_PORT, SIM_PORT, RELAY_PORT, NGINX_PORT)"
 done
 
+RUN_DIR=$(mktemp -d /tmp/hls-relay-cg.XXXXXX)
 PIDS=()
 cleanup() {
   local pid
@@ -168,10 +173,11 @@ measure() {  # server n -> TOTAL (instructions of the run), BYTES (body); checks
   local cg=(valgrind --tool=callgrind --trace-children=no --callgrind-out-file="$out") extra=()
   rm -f "$out"
   case $server in
-    relay|relay-viewers-off)
+    relay*)
       [[ $server == relay-viewers-off ]] && extra=(HLS_RELAY_VIEWERS__ENABLED=false)
       port=$RELAY_PORT path=$RELAY_PATH signal=INT
-      env "${RELAY_ENV[@]}" "${extra[@]}" "${cg[@]}" \
+      # -u: "relay" is the default setting, whatever the caller's environment says.
+      env -u HLS_RELAY_VIEWERS__ENABLED "${RELAY_ENV[@]}" "${extra[@]}" "${cg[@]}" \
         "$RUN_DIR/hls-relay" --workers 1 serve --listen "127.0.0.1:$port" > "$RUN_DIR/$server.$n.log" 2>&1 &
       ;;
     nginx)
@@ -182,7 +188,6 @@ measure() {  # server n -> TOTAL (instructions of the run), BYTES (body); checks
       "${cg[@]}" nginx -e "$RUN_DIR/nginx-cache.error.log" -p "$RUN_DIR" -c "$RUN_DIR/nginx-cache.conf" \
         -g 'daemon off; master_process off;' > "$RUN_DIR/$server.$n.log" 2>&1 &
       ;;
-    *) die "unknown server $server";;
   esac
   pid=$!; PIDS+=("$pid")
   up "$port" "$pid" || { tail -20 "$RUN_DIR/$server.$n.log" >&2; die "$server did not start under callgrind"; }
@@ -204,7 +209,8 @@ measure() {  # server n -> TOTAL (instructions of the run), BYTES (body); checks
 mkdir -p "$(dirname "$OUT")"
 [[ -s $OUT ]] || printf 'date\tcommit\tcpu\tserver\tinstructions_per_request\tbytes_per_response\tbuild\tinstructions_n1\tinstructions_n2\tn1\tn2\n' > "$OUT"
 DATE=$(date -u +%F)
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)
+# The checkout's commit; say COMMIT=... when BIN was built from another one (the build column names the binary).
+COMMIT=${COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD)}
 CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 NGINX_VERSION=$(nginx -v 2>&1 | sed 's/^nginx version: //')
 

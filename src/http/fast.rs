@@ -186,7 +186,10 @@ mod tests {
             b"HEAD / HTTP/1.1\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\n\r\n",
         ] {
-            assert!(matches!(parse(head), Head::Bodiless(n) if n == head.len()), "{head:?}");
+            assert!(
+                matches!(parse(head), Head::Bodiless(n) if n == head.len()),
+                "{head:?}"
+            );
         }
         for head in [
             &b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"[..],
@@ -208,15 +211,19 @@ mod tests {
         let text = String::from_utf8(head).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 1234\r\ndate: "));
         assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
-        assert_eq!(text.len(), "HTTP/1.1 200 OK\r\ncontent-length: 1234\r\ndate: \r\n\r\n".len() + 29);
+        assert_eq!(
+            text.len(),
+            "HTTP/1.1 200 OK\r\ncontent-length: 1234\r\ndate: \r\n\r\n".len() + 29
+        );
     }
 
     #[tokio::test]
     async fn a_response_is_written_whole() {
         let (mut client, mut server) = tokio::io::duplex(7);
-        let writer = tokio::spawn(async move {
-            write_response(&mut server, b"head\r\n\r\n", b"the body").await
-        });
+        let writer =
+            tokio::spawn(
+                async move { write_response(&mut server, b"head\r\n\r\n", b"the body").await },
+            );
         let mut got = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut client, &mut got)
             .await

@@ -1,13 +1,14 @@
-//! The relay's answers in the listener's fast lane ([`crate::http::fast`]): fresh cached objects requested with
-//! no query, in public mode. The answer is the one the router gives ([`super::server`]'s `render_whole` for a hit,
-//! with the CORS layer's headers and the request counted), written straight into the connection's header buffer.
-//! Anything with more to it (tokens, viewer sessions, LL-HLS blocking reloads, a viewer's first playlist with
-//! counting on, conditional and range requests, misses) is left to the router.
+//! The relay's answers in the listener's fast lane ([`crate::http::fast`]): fresh cached objects, in public mode,
+//! requested with no query or with a viewer session only (a counted reload of a media playlist). The answer is
+//! the router's (`server::render_whole` for a hit, the CORS layer's headers, the request and the hit counted),
+//! written straight into the connection's header buffer. Anything with more to it (tokens, LL-HLS blocking
+//! reloads, a viewer's first playlist with counting on, a session spliced into a multivariant playlist,
+//! conditional and range requests, misses) is left to the router.
 
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{Request, Response};
+use axum::http::{Request, Response, StatusCode};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use prometheus::IntCounter;
@@ -15,8 +16,9 @@ use tower::{Layer, Service};
 
 use crate::hls::encoding::{self, Coding};
 use crate::http::fast::{FastLane, FastRequest};
-use crate::http::server::{check_path, cors_layer, is_entry_path, route_label};
+use crate::http::server::{check_path, cors_layer, is_entry_path, private, route_label};
 use crate::relay::Relay;
+use crate::stream::call::CallId;
 
 pub struct RelayHits {
     relay: Relay,
@@ -42,27 +44,58 @@ impl RelayHits {
 
 impl FastLane for RelayHits {
     fn answer(&self, request: &FastRequest<'_>, head: &mut Vec<u8>) -> Option<Bytes> {
-        if request.query.is_some()
-            || request.if_none_match.is_some()
-            || !request.path.starts_with("/hls/")
+        if request.if_none_match.is_some()
             || !self.relay.gate().is_open()
             // Per-request debug spans are the router's (`observed`).
             || tracing::enabled!(target: "hls_relay::http::server", tracing::Level::DEBUG)
         {
             return None;
         }
+        let rest = request.path.strip_prefix("/hls/")?;
+        // A viewer session (`vs=…`) is the only query taken here; without counting it is ignored, as the
+        // router does.
+        let session = match request.query {
+            None => None,
+            Some(query) => Some(query.strip_prefix("vs=").filter(|s| !s.contains('&'))?),
+        };
+        let viewers = self.relay.viewers();
         let entry = is_entry_path(request.path);
         // With counting on, the entry starts a viewer's session.
-        if entry && self.relay.viewers().is_some() {
+        if entry && viewers.is_some() {
             return None;
         }
         check_path(request.path).ok()?;
         let coding = match request.accept_encoding {
             None => None,
-            Some(value) => Some(encoding::preferred_of(header_text(value)?)),
+            Some(value) => encoding::preferred_of(header_text(value)?),
         };
-        let object = self.relay.fresh_ok(request.path)?;
-        let (body, etag, coding) = match (coding.flatten(), &object.playlist) {
+        let object = self.relay.fresh_object(request.path)?;
+        if object.status != StatusCode::OK {
+            return None;
+        }
+        let mut cache_control = &object.cache_control;
+        let private_cache_control;
+        if let (Some(session), Some(viewers), Some(playlist)) = (session, viewers, &object.playlist)
+        {
+            // A playlist with playlist URIs gets the session spliced into them: the router's work.
+            if !playlist.playlist_uri_ends.is_empty() {
+                return None;
+            }
+            let mut parts = rest.split('/');
+            let call = CallId::new(parts.next()?, parts.next()?).ok()?;
+            let counted = viewers.reload(
+                &call,
+                session,
+                playlist.rendition.as_ref(),
+                playlist.info.target_duration,
+            );
+            if counted {
+                private_cache_control = private(&object.cache_control);
+                cache_control = &private_cache_control;
+            }
+        }
+        self.relay.count_hit();
+        let (body, etag, coding) = match (coding, &object.playlist) {
             (Some(coding), Some(playlist)) => {
                 let variant = playlist.variants.get(coding, &object.body, &object.etag);
                 (variant.body.clone(), &variant.etag, Some(coding))
@@ -72,7 +105,7 @@ impl FastLane for RelayHits {
         head.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: ");
         head.extend_from_slice(object.content_type.as_bytes());
         head.extend_from_slice(b"\r\ncache-control: ");
-        head.extend_from_slice(object.cache_control.as_bytes());
+        head.extend_from_slice(cache_control.as_bytes());
         head.extend_from_slice(b"\r\netag: ");
         head.extend_from_slice(etag.as_bytes());
         head.extend_from_slice(b"\r\naccept-ranges: bytes\r\nage: ");
@@ -136,7 +169,14 @@ mod tests {
 
     #[test]
     fn header_text_is_what_to_str_accepts() {
-        for value in [&b"gzip, br"[..], b"gzip;q=0.5,\tbr", b"", b"caf\xc3\xa9", b"a\x01b", b"\x7f"] {
+        for value in [
+            &b"gzip, br"[..],
+            b"gzip;q=0.5,\tbr",
+            b"",
+            b"caf\xc3\xa9",
+            b"a\x01b",
+            b"\x7f",
+        ] {
             let expected = HeaderValue::from_bytes(value)
                 .ok()
                 .and_then(|v| v.to_str().ok().map(str::to_owned));

@@ -836,7 +836,8 @@ impl Connection<'_> {
                         answer.clear();
                         if let Some(body) = lane.answer(&request, &mut answer) {
                             fast::finish_head(&mut answer, body.len());
-                            if let Err(error) = fast::write_response(&mut io, &answer, &body).await {
+                            if let Err(error) = fast::write_response(&mut io, &answer, &body).await
+                            {
                                 tracing::debug!(peer = %self.peer, %error, "connection closed during a response");
                                 return;
                             }
@@ -886,7 +887,12 @@ impl Connection<'_> {
                 return;
             }
             // What hyper had read of the next request, if anything (it stops reading when told to close).
-            head = [&parts.read_buf[..], &rest[..], &after.unwrap_or_default()[..]].concat();
+            head = [
+                &parts.read_buf[..],
+                &rest[..],
+                &after.unwrap_or_default()[..],
+            ]
+            .concat();
             head_by = activity.idle_since() + limits.header_read_timeout;
             first = false;
         }

@@ -928,7 +928,7 @@ fn render_for_viewer(
 /// The shared object's `Cache-Control`, for one viewer's copy: same freshness, no shared cache. Playlists'
 /// max-ages are a few seconds, so those values are made once (building one was a sixth of the cost of counting
 /// a reload).
-fn private(cache_control: &HeaderValue) -> HeaderValue {
+pub(crate) fn private(cache_control: &HeaderValue) -> HeaderValue {
     static PRIVATE: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
         (0..64)
             .map(|age| HeaderValue::try_from(format!("private, max-age={age}")).expect("ASCII"))

@@ -413,15 +413,14 @@ impl Relay {
         self.inner.cache.fresh(path).map(|object| self.hit(object))
     }
 
-    /// The fresh copy of `path` when it is a 200 (what the listener's fast lane answers), counted as a hit. Any
-    /// other fresh copy is left uncounted, for [`Self::fresh`] to serve.
-    pub fn fresh_ok(&self, path: &str) -> Option<Arc<CachedObject>> {
-        let object = self.inner.cache.fresh(path)?;
-        if object.status != StatusCode::OK {
-            return None;
-        }
+    /// The fresh copy of `path`, if any, not counted: the listener's fast lane looks before it decides to answer,
+    /// and counts with [`Self::count_hit`] when it does.
+    pub fn fresh_object(&self, path: &str) -> Option<Arc<CachedObject>> {
+        self.inner.cache.fresh(path)
+    }
+
+    pub fn count_hit(&self) {
         self.count(CacheOutcome::Hit);
-        Some(object)
     }
 
     /// The call's entry playlist, served at the stable `/hls/{type}/{id}/index.m3u8` (`path`).
