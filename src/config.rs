@@ -69,6 +69,21 @@ pub struct ServerConfig {
     /// After SIGTERM/Ctrl-C, how long in-flight responses may take before their connections are cut.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Threads that serve connections; 0: one per CPU. `--workers` overrides it.
+    pub threads: usize,
+    /// How those threads share the work.
+    pub runtime: RuntimeMode,
+}
+
+/// How `hls-relay serve` spreads connections over its threads.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeMode {
+    /// One single-threaded runtime per thread, each accepting on its own `SO_REUSEPORT` socket and serving
+    /// the connections it accepted, the cache shared: as nginx's workers. No task moves between threads.
+    PerThread,
+    /// One work-stealing runtime: any thread runs any connection.
+    Shared,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -196,6 +211,8 @@ impl Default for ServerConfig {
             max_connections: listener.max_connections,
             h2_max_concurrent_streams: listener.h2_max_concurrent_streams,
             shutdown_grace: listener.shutdown_grace,
+            threads: 0,
+            runtime: RuntimeMode::PerThread,
         }
     }
 }

@@ -3,8 +3,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hls_relay::config::Config;
+use hls_relay::config::{Config, RuntimeMode};
 use hls_relay::events::sqs;
+use hls_relay::http::listener::bind_per_thread;
 use hls_relay::http::server;
 use hls_relay::sim::{SimConfig, TimeFormat};
 use hls_relay::{demo, telemetry};
@@ -74,17 +75,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(workers) = cli.workers {
-        runtime.worker_threads(workers.max(1));
+    if let Command::Serve { config, listen } = cli.command {
+        return serve(config, listen, cli.workers);
     }
-    // Fairness between connections: with hundreds of them ready at once, tasks that overflow a worker's local
-    // queue wait in the global one, which tokio by default looks at every 61 tasks. Looked at every other task, a
-    // playlist hammered by 1,000 connections on one worker had p99 32 ms instead of 168 ms, and 64 or 256
-    // connections lost no throughput (benches/load/RESULTS.md).
-    runtime.global_queue_interval(2);
-    let runtime = match runtime.build() {
+    let runtime = match shared_runtime(cli.workers).build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("hls-relay: cannot start the runtime: {error}");
@@ -93,7 +87,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let result = match cli.command {
-            Command::Serve { config, listen } => serve(config, listen).await,
+            Command::Serve { .. } => unreachable!("served above"),
             Command::Demo { listen } => demo::run(listen).await,
             Command::Sim {
                 listen,
@@ -127,36 +121,102 @@ fn main() -> ExitCode {
     })
 }
 
-async fn serve(
-    file: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut config = Config::load(file.as_deref())?;
+/// A work-stealing runtime: `threads` workers (default: one per CPU).
+fn shared_runtime(threads: Option<usize>) -> tokio::runtime::Builder {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    // Fairness between connections: with hundreds of them ready at once, tasks that overflow a worker's local
+    // queue wait in the global one, which tokio by default looks at every 61 tasks. Looked at every other task, a
+    // playlist hammered by 1,000 connections on one worker had p99 32 ms instead of 168 ms, and 64 or 256
+    // connections lost no throughput (benches/load/RESULTS.md).
+    runtime.global_queue_interval(2);
+    runtime
+}
+
+/// `serve` reads its config before any runtime exists: `server.runtime` and `server.threads` say which to build.
+fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>, workers: Option<usize>) -> ExitCode {
+    let mut config = match Config::load(file.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("hls-relay: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some(listen) = listen {
         config.server.listen = listen;
     }
+    let threads = workers
+        .or((config.server.threads > 0).then_some(config.server.threads))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let runtime = match config.server.runtime {
+        // The calling thread serves the first listener and runs the relay's background work.
+        RuntimeMode::PerThread => {
+            let mut runtime = tokio::runtime::Builder::new_current_thread();
+            runtime.enable_all();
+            runtime
+        }
+        RuntimeMode::Shared => shared_runtime(Some(threads)),
+    }
+    .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(serve_with(config, threads)),
+        Err(error) => Err(format!("cannot start the runtime: {error}").into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hls-relay: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_with(
+    config: Config,
+    threads: usize,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     telemetry::init_logging(&config.log);
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot listen on {} (server.listen): {e}",
-                config.server.listen
-            )
-        })?;
+    let addr = config.server.listen;
+    let cannot_listen = |e: std::io::Error| format!("cannot listen on {addr} (server.listen): {e}");
+    let listeners = match config.server.runtime {
+        RuntimeMode::PerThread => bind_per_thread(addr, threads).map_err(cannot_listen)?,
+        RuntimeMode::Shared => vec![std::net::TcpListener::bind(addr).map_err(cannot_listen)?],
+    };
     // Loaded before anything else starts: a bad certificate stops start-up naming its config key.
     let http = hls_relay::http::listener::Server::new(config.listener())?;
     let grace = config.server.shutdown_grace;
+    let config_runtime = config.server.runtime;
     let relay = server::build_relay(config)?;
     let http = http.with_fast_lane(server::fast_lane(&relay));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let consumer = sqs::spawn(relay.clone(), sqs::aws_defaults(), stopped);
-    tracing::info!(addr = %listener.local_addr()?, tls = http.tls().is_some(), "hls-relay listening");
+    tracing::info!(
+        addr = %listeners[0].local_addr()?,
+        tls = http.tls().is_some(),
+        threads = listeners.len().max(threads),
+        runtime = ?config_runtime,
+        "hls-relay listening"
+    );
     let shutdown = async move {
         server::shutdown_signal().await;
         stop.send_replace(true);
     };
-    http.serve(listener, server::app(relay), shutdown).await?;
+    match config_runtime {
+        RuntimeMode::PerThread => {
+            http.serve_per_thread(listeners, server::app(relay), shutdown)
+                .await?
+        }
+        RuntimeMode::Shared => {
+            let [listener] = <[_; 1]>::try_from(listeners).expect("one listener");
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            http.serve(listener, server::app(relay), shutdown).await?
+        }
+    }
     if let Some(consumer) = consumer {
         // The consumer finishes the batch it holds (apply, delete), so those messages are not applied twice.
         let _ = tokio::time::timeout(grace, consumer).await;

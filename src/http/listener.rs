@@ -423,11 +423,77 @@ impl Server {
         service: impl HttpApp,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
+        let (shared, slots, _watcher) = self.share(service);
+        accept_loop(shared, slots, listener, shutdown).await;
+        Ok(())
+    }
+
+    /// As [`Self::serve`], on several listeners bound to one address (see [`bind_per_thread`]): the first is
+    /// served by the calling task, each other one by a single-threaded runtime on a thread of its own, which
+    /// also runs whatever its connections spawn. The connection cap counts them all.
+    pub async fn serve_per_thread(
+        self,
+        listeners: Vec<std::net::TcpListener>,
+        service: impl HttpApp,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let (shared, slots, _watcher) = self.share(service);
+        let mut listeners = listeners.into_iter();
+        let first = listeners
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener"))?;
+        let (stop, stopped) = watch::channel(false);
+        let mut threads = Vec::new();
+        for (index, listener) in listeners.enumerate() {
+            let (shared, slots, mut stopped) = (shared.clone(), slots.clone(), stopped.clone());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let thread = std::thread::Builder::new()
+                .name(format!("hls-relay-{}", index + 1))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        let stop = async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        };
+                        accept_loop(shared, slots, listener, stop).await;
+                        io::Result::Ok(())
+                    })
+                })?;
+            threads.push(thread);
+        }
+        let shutdown = async move {
+            shutdown.await;
+            stop.send_replace(true);
+        };
+        // Should a thread fail to start serving, the others still stop when asked.
+        let served = async { TcpListener::from_std(first) };
+        match served.await {
+            Ok(listener) => accept_loop(shared, slots, listener, shutdown).await,
+            Err(error) => {
+                tracing::error!(%error, "cannot serve the first listener");
+                shutdown.await;
+            }
+        }
+        for thread in threads {
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            match joined {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => tracing::error!(%error, "a serving thread failed"),
+                _ => tracing::error!("a serving thread panicked"),
+            }
+        }
+        Ok(())
+    }
+
+    /// What every accept loop shares, and the certificate watcher (aborted when the guard drops).
+    fn share(self, service: impl HttpApp) -> (Arc<Shared>, Arc<Semaphore>, Option<AbortOnDrop>) {
         let Self { config, tls, fast } = self;
-        // The watcher lives as long as this call: aborted on return (the guard drops it).
-        let _watcher = tls
+        let watcher = tls
             .clone()
             .map(|tls| AbortOnDrop(tokio::spawn(tls.watch())));
+        let slots = Arc::new(Semaphore::new(config.max_connections));
         let shared = Arc::new(Shared {
             http1: http1_builder(&config),
             builder: http_builder(&config),
@@ -436,69 +502,100 @@ impl Server {
             fast,
             config,
         });
-        let (stop, stopped) = watch::channel(false);
-        let slots = Arc::new(Semaphore::new(shared.config.max_connections));
-        let mut connections = JoinSet::new();
-        let mut refusals = Refusals::default();
-        tokio::pin!(shutdown);
+        (shared, slots, watcher)
+    }
+}
 
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                Some(joined) = connections.join_next() => log_panic(joined),
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
-                        Ok(slot) => {
-                            // Playlists and parts are small writes that must not wait for Nagle.
-                            let _ = stream.set_nodelay(true);
-                            let task =
-                                connection(shared.clone(), stream, peer, stopped.clone(), slot);
-                            connections.spawn(task);
-                        }
-                        // At the cap, closing at once tells the client (or its load balancer) to go elsewhere
-                        // now; leaving it in the kernel's backlog would only make it time out later.
-                        Err(_) => {
-                            drop(stream);
-                            refusals.note(shared.config.max_connections);
-                        }
-                    },
-                    // The peer gave up between SYN and accept: nothing to do.
-                    Err(error) if is_connection_error(&error) => {}
-                    // Out of file descriptors or memory: retrying at once would spin. Wait, but stay stoppable.
-                    Err(error) => {
-                        tracing::error!(%error, "accept failed; retrying in 1s");
-                        tokio::select! {
-                            () = &mut shutdown => break,
-                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
+/// Binds `count` listening sockets to `addr`, all with `SO_REUSEPORT`, for [`Server::serve_per_thread`]: the
+/// kernel spreads new connections between them. With port 0, the first picks the port and the others share it.
+/// (Another process of the same user that binds the port with `SO_REUSEPORT` would share it too, as with nginx's
+/// `reuseport`.)
+pub fn bind_per_thread(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count.max(1));
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        // tokio's own backlog: a herd of viewers connecting at once must not overflow the accept queue.
+        socket.listen(1024)?;
+        let listener = std::net::TcpListener::from(socket);
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Accepts connections on `listener` and serves them until `shutdown` completes; then stops accepting, lets
+/// in-flight responses finish for up to `shutdown_grace` and cuts what remains.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop, stopped) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut refusals = Refusals::default();
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(joined) = connections.join_next() => log_panic(joined),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        // Playlists and parts are small writes that must not wait for Nagle.
+                        let _ = stream.set_nodelay(true);
+                        let task = connection(shared.clone(), stream, peer, stopped.clone(), slot);
+                        connections.spawn(task);
+                    }
+                    // At the cap, closing at once tells the client (or its load balancer) to go elsewhere
+                    // now; leaving it in the kernel's backlog would only make it time out later.
+                    Err(_) => {
+                        drop(stream);
+                        refusals.note(shared.config.max_connections);
                     }
                 },
-            }
+                // The peer gave up between SYN and accept: nothing to do.
+                Err(error) if is_connection_error(&error) => {}
+                // Out of file descriptors or memory: retrying at once would spin. Wait, but stay stoppable.
+                Err(error) => {
+                    tracing::error!(%error, "accept failed; retrying in 1s");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            },
         }
+    }
 
-        // Closing the socket makes new connections fail fast instead of queueing behind a server that is leaving.
-        drop(listener);
-        tracing::info!(
-            open = connections.len(),
-            grace = ?shared.config.shutdown_grace,
-            "listener closed; finishing in-flight responses"
-        );
-        let _ = stop.send(true);
-        let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
-            while let Some(joined) = connections.join_next().await {
-                log_panic(joined);
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                remaining = connections.len(),
-                "shutdown grace elapsed; closing the remaining connections"
-            );
-            connections.shutdown().await;
+    // Closing the socket makes new connections fail fast instead of queueing behind a server that is leaving.
+    drop(listener);
+    tracing::info!(
+        open = connections.len(),
+        grace = ?shared.config.shutdown_grace,
+        "listener closed; finishing in-flight responses"
+    );
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
+        while let Some(joined) = connections.join_next().await {
+            log_panic(joined);
         }
-        Ok(())
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = connections.len(),
+            "shutdown grace elapsed; closing the remaining connections"
+        );
+        connections.shutdown().await;
     }
 }
 
