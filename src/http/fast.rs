@@ -112,6 +112,39 @@ pub fn finish_head(head: &mut Vec<u8>, content_length: usize) {
     head.extend_from_slice(b"\r\n\r\n");
 }
 
+/// A buffer for a response head, lent by the thread (one spare per thread, so that steady answering allocates
+/// nothing and idle connections hold no buffer); given back once the head is written.
+pub struct HeadBuffer(Vec<u8>);
+
+thread_local! {
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl HeadBuffer {
+    pub fn take() -> Self {
+        let mut buffer = SPARE.take();
+        buffer.clear();
+        Self(buffer)
+    }
+
+    pub fn give_back(self) {
+        SPARE.set(self.0);
+    }
+}
+
+impl std::ops::Deref for HeadBuffer {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for HeadBuffer {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
 /// Writes `head` then `body` with as few system calls as the socket allows: one, unless it is full.
 pub async fn write_response<I: AsyncWrite + Unpin>(
     io: &mut I,

@@ -888,8 +888,6 @@ impl Connection<'_> {
         let mut head = Vec::new();
         let mut head_by = accepted + limits.header_read_timeout;
         let mut first = true;
-        // The fast lane's header block, kept for the connection's next answers.
-        let mut answer = Vec::new();
         // Whether the last request was answered in the fast lane (or none was made yet): then a request for hyper
         // is handed to it alone, and the connection taken back after its response, so that one miss or refresh
         // does not leave a busy connection with hyper for good.
@@ -930,20 +928,26 @@ impl Connection<'_> {
             if let Some(lane) = &self.shared.fast {
                 match fast::parse(&head) {
                     Head::Fast(request, length) => {
-                        answer.clear();
+                        let mut answer = fast::HeadBuffer::take();
                         if let Some(body) = lane.answer(&request, &mut answer) {
                             fast::finish_head(&mut answer, body.len());
-                            if let Err(error) = fast::write_response(&mut io, &answer, &body).await
-                            {
+                            let written = fast::write_response(&mut io, &answer, &body).await;
+                            answer.give_back();
+                            if let Err(error) = written {
                                 tracing::debug!(peer = %self.peer, %error, "connection closed during a response");
                                 return;
                             }
-                            head.drain(..length);
+                            // An idle connection keeps no buffer (what thousands of idle viewers cost).
+                            match head.len() == length {
+                                true => head = Vec::new(),
+                                false => drop(head.drain(..length)),
+                            }
                             head_by = Instant::now() + limits.header_read_timeout;
                             lane_last = true;
                             first = false;
                             continue;
                         }
+                        answer.give_back();
                         one_request = lane_last.then_some(length);
                     }
                     Head::Bodiless(length) => one_request = lane_last.then_some(length),
