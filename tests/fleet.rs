@@ -91,7 +91,9 @@ impl Fleet {
         let log =
             std::fs::File::create(self.dir.path().join(format!("relay{instance}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_hls-relay"))
-            .args(["--workers", "1", "serve"])
+            // Two threads each (`server.runtime = "per-thread"`): a viewer's requests land on either, so that
+            // coalescing, events and shutdown are tested across the runtimes of one process too.
+            .args(["--workers", "2", "serve"])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("STREAM_API_KEY", self.sim.api_key())
