@@ -7,7 +7,9 @@
 //! The data path, one module per step:
 //!
 //! ```text
-//! request ─► server (routes, hostile-path filter, CORS, compression, metrics)
+//! request ─► listener: a plain HTTP/1.1 GET of a fresh cached object (no query but a viewer session, public
+//!            mode)? fast lane (hits): one look-up, a header block, one vectored write of it and the shared body
+//!        ─► server (routes, hostile-path filter, CORS, compression, metrics)
 //!        ─► relay ─► cache look-up: fresh? ─────────────────────────────────► response (shared Bytes)
 //!                    in flight? join the fill, stream its bytes as they come ─► response
 //!                    miss: urlmap verifies the signed path (no fetch for a forged one)
@@ -29,8 +31,10 @@
 //!   ([`events::hub`]).
 //! - [`relay`]: the data path ([`relay::Relay`]), its [`relay::cache`] (moka + streaming fills) and
 //!   [`relay::upstream`] (the HTTP client to Stream's CDN).
-//! - [`http`]: the shell: [`http::listener`] (accept loop, HTTP/1.1, h2, TLS), [`http::server`] (routes),
-//!   [`http::access`] (viewer tokens), [`http::embed`] (the player page).
+//! - [`http`]: the shell: [`http::listener`] (accept loops, one per thread on `SO_REUSEPORT` sockets; HTTP/1.1,
+//!   h2, TLS), [`http::fast`] (the fast lane: cached hits answered without hyper) and [`http::hits`] (the relay's
+//!   answers there), [`http::server`] (routes), [`http::access`] (viewer tokens), [`http::embed`] (the player
+//!   page).
 //! - [`cluster`]: several instances as one service, on Redis (shared events, call state, leases, viewer counts).
 //! - [`viewers`]: who is watching: viewer session ids carried in playlist URIs, and live counts per call, with
 //!   its pure core in [`viewers::session`], [`viewers::count`] and [`viewers::rendition`].

@@ -1,5 +1,5 @@
 //! The relay's answers in the listener's fast lane ([`crate::http::fast`]): fresh cached objects, in public mode,
-//! requested with no query or with a viewer session only (a counted reload of a media playlist). The answer is
+//! requested without LL-HLS delivery directives (a viewer session counts a reload of a media playlist). The answer is
 //! the router's (`server::render_whole` for a hit, the CORS layer's headers, the request and the hit counted),
 //! written straight into the connection's header buffer. Anything with more to it (tokens, LL-HLS blocking
 //! reloads, a viewer's first playlist with counting on, a session spliced into a multivariant playlist,
@@ -16,7 +16,9 @@ use tower::{Layer, Service};
 
 use crate::hls::encoding::{self, Coding};
 use crate::http::fast::{FastLane, FastRequest};
-use crate::http::server::{check_path, cors_layer, is_entry_path, private, route_label};
+use crate::http::server::{
+    check_path, cors_layer, is_entry_path, private, query_value, route_label,
+};
 use crate::relay::Relay;
 use crate::stream::call::CallId;
 
@@ -52,12 +54,12 @@ impl FastLane for RelayHits {
             return None;
         }
         let rest = request.path.strip_prefix("/hls/")?;
-        // A viewer session (`vs=…`) is the only query taken here; without counting it is ignored, as the
-        // router does.
-        let session = match request.query {
-            None => None,
-            Some(query) => Some(query.strip_prefix("vs=").filter(|s| !s.contains('&'))?),
-        };
+        // The query means what it means to the router: LL-HLS delivery directives are its work, a viewer
+        // session (`vs=…`) counts when counting is on, anything else is ignored (in public mode a token is).
+        if request.query.is_some_and(|query| query.contains("_HLS_")) {
+            return None;
+        }
+        let session = query_value(request.query, "vs");
         let viewers = self.relay.viewers();
         let entry = is_entry_path(request.path);
         // With counting on, the entry starts a viewer's session.

@@ -654,7 +654,7 @@ fn viewer_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'
 /// The value of `name` in a query. Every `/hls` request with a query asks for one or two (`token`, `vs`) and
 /// queries are short: a plain byte loop, where `str` splitting (memchr set-up per piece) cost more than the rest
 /// of counting a viewer's reload.
-fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+pub(crate) fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     let query = query?;
     let base = query.as_ptr() as usize;
     query.as_bytes().split(|&b| b == b'&').find_map(|pair| {
