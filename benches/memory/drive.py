@@ -133,7 +133,10 @@ def entry_playlist(host, port, path, max_hops=5):
     """The rewritten entry playlist and the URL it was served at (following redirects)."""
     url = f"http://{host}:{port}{path}"
     for _ in range(max_hops):
-        status, headers, body = get(host, port, urllib.parse.urlsplit(url).path)
+        parts = urllib.parse.urlsplit(url)
+        # The query matters: with viewer counting on, a media-playlist entry redirects to itself with `?vs=`.
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        status, headers, body = get(host, port, target)
         if status in (301, 302, 303, 307, 308):
             url = urllib.parse.urljoin(url, headers.get("Location") or headers.get("location"))
             continue
