@@ -344,14 +344,7 @@ impl Part {
         Part(self.0 + 1)
     }
 
-    /// The part a URI names, from its file name (`seg_000042.part2.m4s`, maybe with a query): the simulator's
-    /// names, which the relay and nginx keep.
-    fn named_in(uri: &str) -> Option<Part> {
-        let path = uri.split(['?', '#']).next()?;
-        let file = path.rsplit('/').next()?;
-        let (segment, index) = file.strip_suffix(".m4s")?.split_once(".part")?;
-        let msn: u64 = segment.strip_prefix("seg_")?.parse().ok()?;
-        let index: u64 = index.parse().ok()?;
+    fn at(msn: u64, index: u64) -> Option<Part> {
         (index < PARTS_PER_SEGMENT).then_some(Part(msn * PARTS_PER_SEGMENT + index))
     }
 }
@@ -465,9 +458,12 @@ impl Span {
 // ---------------------------------------------------------------------------------------------------------------
 // Playlists, as a player reads them
 
-/// Where a live media playlist says each part is: its `EXT-X-PART`s and its `EXT-X-PRELOAD-HINT`, as written (relay
-/// URIs are relative and opaque but end in the origin's file name). Only the URI a viewer fetches is resolved
-/// against the playlist's URL: a viewer reads a playlist per part, and the measuring side must stay cheap.
+/// Where a live media playlist says each part is: its `EXT-X-PART`s and its `EXT-X-PRELOAD-HINT`, as written. Relay
+/// URIs are opaque (they keep no origin file name), so a part is known by its place, as a player knows it: the
+/// segment it belongs to counts from `EXT-X-MEDIA-SEQUENCE` (one more after each `EXTINF`), its index from the
+/// segment's first part, and the preload hint names the part after the last one listed. Only the URI a viewer
+/// fetches is resolved against the playlist's URL: a viewer reads a playlist per part, and the measuring side must
+/// stay cheap.
 struct PartList {
     base: Url,
     listed: HashMap<Part, String>,
@@ -476,20 +472,27 @@ struct PartList {
 
 impl PartList {
     fn read(text: &str, base: Url) -> PartList {
-        let uri = |line: &str| -> Option<(Part, String)> {
-            let uri = line.split_once("URI=\"")?.1.split('"').next()?;
-            Some((Part::named_in(uri)?, uri.to_owned()))
+        let uri = |line: &str| -> Option<String> {
+            Some(line.split_once("URI=\"")?.1.split('"').next()?.to_owned())
         };
         let mut list = PartList {
             base,
             listed: HashMap::new(),
             hinted: None,
         };
+        let (mut msn, mut index) = (0, 0);
         for line in text.lines() {
-            if line.starts_with("#EXT-X-PART:") {
-                list.listed.extend(uri(line));
+            if let Some(sequence) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+                msn = sequence.trim().parse().unwrap_or(0);
+            } else if line.starts_with("#EXTINF:") {
+                (msn, index) = (msn + 1, 0);
+            } else if line.starts_with("#EXT-X-PART:") {
+                if let (Some(part), Some(uri)) = (Part::at(msn, index), uri(line)) {
+                    list.listed.insert(part, uri);
+                }
+                index += 1;
             } else if line.starts_with("#EXT-X-PRELOAD-HINT:TYPE=PART,") {
-                list.hinted = uri(line);
+                list.hinted = Part::at(msn, index).zip(uri(line));
             }
         }
         list
