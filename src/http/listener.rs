@@ -1870,6 +1870,51 @@ mod tests {
         String::from_utf8_lossy(&received).into_owned()
     }
 
+    /// Three listeners on one port, each served by a runtime of its own (the caller's serves the first): the
+    /// kernel spreads connections between them, each is answered, and one stop ends them all.
+    #[tokio::test]
+    async fn listeners_per_thread_share_one_port_and_stop_together() {
+        let listeners = bind_per_thread("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        assert!(listeners.iter().all(|l| l.local_addr().unwrap() == addr));
+        let thread_name = || async {
+            let thread = std::thread::current();
+            format!(
+                "hello from {}",
+                thread.name().unwrap_or("an unnamed thread")
+            )
+        };
+        let router = axum::Router::new().route("/hello", axum::routing::get(thread_name));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::new(ListenerConfig::default()).unwrap();
+        let serving = tokio::spawn(server.serve_per_thread(listeners, router, async {
+            let _ = stopped.await;
+        }));
+        let mut answered_by = std::collections::BTreeSet::new();
+        for _ in 0..60 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut response = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+                .await
+                .expect("answered")
+                .unwrap();
+            let response = String::from_utf8(response).unwrap();
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            answered_by.insert(response.rsplit("hello from ").next().unwrap().to_owned());
+        }
+        assert!(answered_by.len() >= 2, "all on one thread: {answered_by:?}");
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("every thread stopped")
+            .unwrap()
+            .unwrap();
+    }
+
     /// An HTTP/1.1 connection idle between requests is parked (hyper's state dropped) and served again when
     /// the next request comes, even one whose head arrives in pieces; it is still closed `header_read_timeout`
     /// after its last response.
