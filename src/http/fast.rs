@@ -2,7 +2,7 @@
 //! hits), answered by the listener without hyper. hyper's per-request work (a `Request` with its `HeaderMap`, the
 //! service call, a `Response`, the header encoding) was most of the user-space instructions of a cached playlist
 //! hit; here a hit is a parse of the head with `httparse`, a look-up, a header block written into a buffer the
-//! connection keeps, and one vectored write of that block and the shared body.
+//! thread lends, and one vectored write of that block and the shared body.
 //!
 //! Only plain requests take the lane: `GET` over HTTP/1.1, no body, no `Connection`, `Expect`, `Upgrade`, `Range`
 //! or `Origin` header (CORS answers depend on the origin), each header the lane reads present at most once.
@@ -113,7 +113,7 @@ pub fn finish_head(head: &mut Vec<u8>, content_length: usize) {
 }
 
 /// A buffer for a response head, lent by the thread (one spare per thread, so that steady answering allocates
-/// nothing and idle connections hold no buffer); given back once the head is written.
+/// nothing and idle connections hold no buffer); given back when dropped, once the head is written.
 pub struct HeadBuffer(Vec<u8>);
 
 thread_local! {
@@ -126,9 +126,11 @@ impl HeadBuffer {
         buffer.clear();
         Self(buffer)
     }
+}
 
-    pub fn give_back(self) {
-        SPARE.set(self.0);
+impl Drop for HeadBuffer {
+    fn drop(&mut self) {
+        SPARE.set(std::mem::take(&mut self.0));
     }
 }
 

@@ -16,9 +16,7 @@ use tower::{Layer, Service};
 
 use crate::hls::encoding::{self, Coding};
 use crate::http::fast::{FastLane, FastRequest};
-use crate::http::server::{
-    check_path, cors_layer, is_entry_path, private, query_value, route_label,
-};
+use crate::http::server::{check_path, cors_layer, is_entry, private, query_value};
 use crate::relay::Relay;
 use crate::stream::call::CallId;
 
@@ -53,7 +51,8 @@ impl FastLane for RelayHits {
         {
             return None;
         }
-        let rest = request.path.strip_prefix("/hls/")?;
+        let mut parts = request.path.strip_prefix("/hls/")?.splitn(3, '/');
+        let (kind, id) = (parts.next()?, parts.next()?);
         // The query means what it means to the router: LL-HLS delivery directives are its work, a viewer
         // session (`vs=…`) counts when counting is on, anything else is ignored (in public mode a token is).
         if request.query.is_some_and(|query| query.contains("_HLS_")) {
@@ -61,7 +60,7 @@ impl FastLane for RelayHits {
         }
         let session = query_value(request.query, "vs");
         let viewers = self.relay.viewers();
-        let entry = is_entry_path(request.path);
+        let entry = is_entry(request.path, kind, id);
         // With counting on, the entry starts a viewer's session.
         if entry && viewers.is_some() {
             return None;
@@ -83,8 +82,7 @@ impl FastLane for RelayHits {
             if !playlist.playlist_uri_ends.is_empty() {
                 return None;
             }
-            let mut parts = rest.split('/');
-            let call = CallId::new(parts.next()?, parts.next()?).ok()?;
+            let call = CallId::new(kind, id).ok()?;
             let counted = viewers.reload(
                 &call,
                 session,
@@ -127,7 +125,6 @@ impl FastLane for RelayHits {
             true => self.entries_ok.inc(),
             false => self.objects_ok.inc(),
         }
-        debug_assert_eq!(route_label(request.path) == "hls_entry", entry);
         Some(body)
     }
 }

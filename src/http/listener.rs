@@ -467,9 +467,8 @@ impl Server {
             shutdown.await;
             stop.send_replace(true);
         };
-        // Should a thread fail to start serving, the others still stop when asked.
-        let served = async { TcpListener::from_std(first) };
-        match served.await {
+        // Should this listener fail to start serving, the other threads still stop when asked.
+        match TcpListener::from_std(first) {
             Ok(listener) => accept_loop(shared, slots, listener, shutdown).await,
             Err(error) => {
                 tracing::error!(%error, "cannot serve the first listener");
@@ -932,7 +931,6 @@ impl Connection<'_> {
                         if let Some(body) = lane.answer(&request, &mut answer) {
                             fast::finish_head(&mut answer, body.len());
                             let written = fast::write_response(&mut io, &answer, &body).await;
-                            answer.give_back();
                             if let Err(error) = written {
                                 tracing::debug!(peer = %self.peer, %error, "connection closed during a response");
                                 return;
@@ -947,7 +945,6 @@ impl Connection<'_> {
                             first = false;
                             continue;
                         }
-                        answer.give_back();
                         one_request = lane_last.then_some(length);
                     }
                     Head::Bodiless(length) => one_request = lane_last.then_some(length),

@@ -435,9 +435,10 @@ where
     response
 }
 
-pub(crate) fn route_label(path: &str) -> &'static str {
-    if path.starts_with("/hls/") {
-        if is_entry_path(path) {
+fn route_label(path: &str) -> &'static str {
+    if let Some(rest) = path.strip_prefix("/hls/") {
+        if rest.ends_with(ENTRY_PLAYLIST) && memchr::memchr_iter(b'/', rest.as_bytes()).count() == 2
+        {
             "hls_entry"
         } else {
             "hls_object"
@@ -744,15 +745,8 @@ async fn hls(relay: &Relay, request: Request) -> Result<Response, RelayError> {
     }
 }
 
-/// Whether `path` is a call's entry playlist, `/hls/{kind}/{id}/index.m3u8`.
-pub(crate) fn is_entry_path(path: &str) -> bool {
-    path.strip_prefix("/hls/").is_some_and(|rest| {
-        rest.ends_with(ENTRY_PLAYLIST) && memchr::memchr_iter(b'/', rest.as_bytes()).count() == 2
-    })
-}
-
 /// Whether `path` (`/hls/{kind}/{id}/…`) is the entry playlist: by length alone, no scan.
-fn is_entry(path: &str, kind: &str, id: &str) -> bool {
+pub(crate) fn is_entry(path: &str, kind: &str, id: &str) -> bool {
     path.len() == "/hls///".len() + kind.len() + id.len() + ENTRY_PLAYLIST.len()
         && path.ends_with(ENTRY_PLAYLIST)
 }
